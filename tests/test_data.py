@@ -90,11 +90,12 @@ def _damage(root: Path) -> list[str]:
     return names
 
 
-def test_corrupt_files_are_skipped_with_one_warning(pets_copy):
+@pytest.mark.parametrize("validate", [True, "full"])
+def test_corrupt_files_are_skipped_with_one_warning(pets_copy, validate):
     bad = _damage(pets_copy)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        ds = OxfordPetDataset(pets_copy, "train", transform=eval_transforms(32))
+        ds = OxfordPetDataset(pets_copy, "train", transform=eval_transforms(32), validate=validate)
     msgs = _skip_warnings(record)
     assert len(msgs) == 1 and "Skipped 4 " in msgs[0]
     assert all(n in msgs[0] for n in bad)
@@ -113,6 +114,16 @@ def test_corrupt_files_are_skipped_by_the_cache(pets_copy, tmp_path):
         msgs = _skip_warnings(record)
         assert len(msgs) == 1 and "Skipped 4 " in msgs[0] and all(n in msgs[0] for n in bad), attempt
         assert len(names) == len(images) == len(masks) == 14 and not set(bad) & set(names)
+
+
+def test_validate_argument(pets_copy):
+    with pytest.raises(ValueError, match="validate must be"):
+        OxfordPetDataset(pets_copy, "train", validate="fast")
+    bad = _damage(pets_copy)
+    ds = OxfordPetDataset(pets_copy, "train", validate=False)       # no check: bad files stay and fail when read
+    assert set(bad) <= set(ds.names)
+    with pytest.raises(ImageReadError, match=bad[1]):
+        ds[ds.names.index(bad[1])]
 
 
 def test_missing_image_file_is_skipped(pets_copy):
