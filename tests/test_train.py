@@ -146,27 +146,29 @@ def test_resume_keeps_the_run_settings(pets, tmp_path):
 
 
 class SignalAfter(BCEDiceLoss):
-    "The usual loss, which sends this process `signum` during its `at`-th call (train and valid calls count)."
-    calls, at, signum = 0, None, signal.SIGINT
+    "The usual loss, which sends this process `signums` during its `at`-th call (train and valid calls count)."
+    calls, at, signums = 0, None, (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, then torchrun's forwarded SIGTERM
 
     def forward(self, logits, target):
         type(self).calls += 1
-        if type(self).calls == type(self).at: os.kill(os.getpid(), type(self).signum)
+        if type(self).calls == type(self).at:
+            for s in type(self).signums: os.kill(os.getpid(), s)
         return super().forward(logits, target)
 
 
 def test_interrupt_mid_epoch_then_resume_is_exact(pets, tmp_path, monkeypatch):
-    "SIGINT in the 4th batch of epoch 2: the batch finishes, a checkpoint holds the half epoch, resuming matches a plain run."
+    """SIGINT (and an echoed SIGTERM) in the 4th batch of epoch 2: the batch finishes, a checkpoint holds the half epoch,
+    resuming matches a plain run."""
     full = train(config(pets, tmp_path, epochs=3, run_name="full"))
     monkeypatch.setattr(T, "BCEDiceLoss", SignalAfter)
     SignalAfter.calls, SignalAfter.at = 0, STEPS + 1 + 4  # epoch 1: 9 train + 1 valid batch; then 4 more
-    before = signal.getsignal(signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted, match="SIGINT at epoch 2, batch 4/9") as info:
         train(config(pets, tmp_path, epochs=3, run_name="cut"))
     assert info.value.exit_code == 130 and "petseg train --resume" in str(info.value)
     ck = load_checkpoint(info.value.checkpoint)
     assert (ck["epoch"], ck["step_in_epoch"], ck["partial_totals"]["count"]) == (1, 4, 16)
-    assert signal.getsignal(signal.SIGINT) is before  # our handler is removed again
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # our handlers are removed
     SignalAfter.at = None
     rest = train(TrainConfig(resume=str(info.value.checkpoint), progress=False))
     assert len(rest) == 3
