@@ -32,7 +32,8 @@ cfg = TrainConfig(data_root={root!r}, model_kwargs={tiny!r}, image_size=32, batc
                   scheduler="none", num_workers=0, out_dir={out!r}, checkpoint_dir={ckpt!r}, progress=False,
                   live_plot=False, resume={resume!r})
 h = train(cfg)
-print(f"RANK {{os.environ['RANK']}} OF {{os.environ['WORLD_SIZE']}} epochs={{len(h)}} valid_dice={{h[-1]['valid_dice']!r}}", flush=True)
+print(f"RANK {{os.environ['RANK']}} OF {{os.environ['WORLD_SIZE']}} epochs={{len(h)}} valid_dice={{h[-1]['valid_dice']!r}} "
+      f"run_dir={{h.run_dir}}", flush=True)
 """
 
 
@@ -51,11 +52,12 @@ def torchrun(tmp_path: Path, pets: Path, epochs: int, resume: str | None = None)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    found = re.findall(r"RANK (\d) OF 2 epochs=(\d+) valid_dice=([0-9.e-]+)", proc.stdout)
-    assert sorted(int(r) for r, _, _ in found) == [0, 1], proc.stdout
-    assert all(int(n) == epochs for _, n, _ in found)
+    found = re.findall(r"RANK (\d) OF 2 epochs=(\d+) valid_dice=([0-9.e-]+) run_dir=(\S+)", proc.stdout)
+    assert sorted(int(r) for r, _, _, _ in found) == [0, 1], proc.stdout
+    assert all(int(n) == epochs for _, n, _, _ in found)
+    assert len({d for _, _, _, d in found}) == 1  # one run folder, the same on every rank
     assert proc.stdout.count("epoch 1/") <= 1  # only rank 0 prints the epoch lines
-    return {int(r): float(d) for r, _, d in found}
+    return {int(r): float(d) for r, _, d, _ in found}
 
 
 def single_process_dice(ckpt_path: Path, pets: Path) -> float:
