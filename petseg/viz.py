@@ -25,10 +25,28 @@ from .evaluate import (LoadedModel, dice_from_counts, image_to_input, load_model
                              upsample_probs)
 
 # %% auto #0
-__all__ = ['ERROR_COLORS', 'ERROR_LABELS', 'TRIMAP_COLORS', 'SPECIES_COLORS', 'to_image', 'to_mask', 'error_map', 'error_overlay',
-           'error_legend', 'trimap_image', 'show_batch', 'show_augmented', 'plot_predictions', 'ModelSummary',
-           'model_summary', 'predict_items', 'show_results', 'worst_k', 'dice_histogram', 'compare_models',
-           'SegmentationBrowser', 'browse', 'LivePlot', 'plot_history']
+__all__ = ['ERROR_COLORS', 'ERROR_LABELS', 'TRIMAP_COLORS', 'SPECIES_COLORS', 'figure_png', 'register_notebook_display',
+           'to_image', 'to_mask', 'error_map', 'error_overlay', 'error_legend', 'trimap_image', 'show_batch',
+           'show_augmented', 'plot_predictions', 'ModelSummary', 'model_summary', 'predict_items', 'show_results',
+           'worst_k', 'dice_histogram', 'compare_models', 'SegmentationBrowser', 'browse', 'LivePlot', 'plot_history']
+
+# %% ../nbs/06_viz.ipynb #f317cbd9
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    "PNG bytes of a matplotlib `Figure`: how notebooks display petseg's figures."
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+def register_notebook_display() -> bool:
+    "Have IPython show bare `Figure`s as PNG even when pyplot was never imported; `False` outside IPython."
+    try: from IPython import get_ipython
+    except ImportError: return False
+    shell = get_ipython()
+    if shell is None: return False
+    shell.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
+    return True
+
+register_notebook_display()
 
 # %% ../nbs/06_viz.ipynb #09edb4c6
 def to_image(x, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
