@@ -1,5 +1,5 @@
 """Generate README.md from nbs/index.ipynb with nbconvert (Quarto, which `nbdev_readme` needs, is not available
-on every machine). Cells marked `#| hide` are dropped, `#|` directive lines are removed, outputs are kept and
+on every machine). Cells marked `#| hide` are dropped, `#| output: false` drops a cell's outputs, `#|` directive lines are removed, outputs are kept and
 images are written to `README_files/`.
 
     python tools/make_readme.py          # write README.md (and README_files/)
@@ -30,7 +30,9 @@ def _filter(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     cells = []
     for cell in nb.cells:
         if cell.cell_type == "code":
+            hide_output = any(l.replace(" ", "") == "#|output:false" for l in cell.source.splitlines())
             found, cell.source = _directives(cell.source)
+            if hide_output: cell.outputs = []
             if found & {"hide", "exporti", "export"} or (not cell.source and not cell.get("outputs")): continue
         cells.append(cell)
     nb.cells = cells
