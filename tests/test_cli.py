@@ -18,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
+import petseg.data
 from petseg import cli
 from petseg.cli import build_parser, main, train_config_from_args
-from petseg.data import make_synthetic_pets, read_split
+from petseg.data import read_split
 from petseg.evaluate import evaluate
 from petseg.train import TrainingInterrupted, load_checkpoint, model_from_checkpoint, save_checkpoint
 
@@ -270,20 +271,30 @@ def test_petseg_errors_exit_1_without_traceback(trained, capsys, tmp_path):
     assert code == 1 and "annotations" in err
 
 
-def test_train_downloads_missing_dataset(monkeypatch, capsys, tmp_path):
-    "A missing dataset is downloaded first (the CLI says so); --no-download turns that off."
-    calls = []
-    def fake_download(root, progress=True, **kw):
-        calls.append(Path(root))
-        return make_synthetic_pets(root, n_trainval=10, n_test=2, size=40)
-    monkeypatch.setattr(cli, "download_oxford_pet", fake_download)
-    code, out, err = run(capsys, "train", "--data-root", tmp_path / "pets", "--epochs", "1", "--batch-size", "4", *TINY,
-                         "--checkpoint-dir", tmp_path / "ck", "--out-dir", tmp_path / "runs")
+def test_train_downloads_missing_dataset(http_server, monkeypatch, capsys, tmp_path):
+    "A missing dataset is downloaded first (from $PETSEG_DATA_URL here: a loopback server), saying so; then it trains."
+    monkeypatch.setenv("PETSEG_DATA_URL", http_server.url)
+    monkeypatch.setattr(petseg.data, "ARCHIVES", http_server.md5s)   # the synthetic archives' checksums
+    args = ["train", "--data-root", tmp_path / "pets", "--epochs", "1", "--batch-size", "4", *TINY,
+            "--checkpoint-dir", tmp_path / "ck", "--out-dir", tmp_path / "runs"]
+    code, out, err = run(capsys, *args)
     assert code == 0, err
-    assert calls == [tmp_path / "pets"] and "downloading" in err and str(tmp_path / "pets") in err
-    code, out, err = run(capsys, "train", "--data-root", tmp_path / "pets", "--epochs", "1", "--batch-size", "4", *TINY,
-                         "--checkpoint-dir", tmp_path / "ck2", "--out-dir", tmp_path / "runs")
-    assert code == 0 and len(calls) == 1                      # present now: no second download
+    assert "downloading" in err and str(tmp_path / "pets") in err
+    assert [name for name, _ in http_server.requests] == ["images.tar.gz", "annotations.tar.gz"]
+    assert (tmp_path / "ck" / "unet_best.pt").is_file()
+    code, out, err = run(capsys, *args)                        # present now: nothing downloaded again
+    assert code == 0 and "downloading" not in err and len(http_server.requests) == 2
+
+
+def test_download_subcommand(http_server, monkeypatch, capsys, tmp_path, refused_url):
+    "petseg download: success; a checksum mismatch and a refused connection are petseg errors (exit 1, one message)."
+    code, out, err = run(capsys, "download", "--data-root", tmp_path / "bad", "--base-url", http_server.url, "-q")
+    assert code == 1 and "MD5" in err and "Traceback" not in err          # the official checksums do not match
+    code, out, err = run(capsys, "download", "--data_path", tmp_path / "r", "--base-url", refused_url, "-q")
+    assert code == 1 and refused_url in err and "Traceback" not in err
+    monkeypatch.setattr(petseg.data, "ARCHIVES", http_server.md5s)
+    code, out, err = run(capsys, "download", "--data-root", tmp_path / "ok", "--base-url", http_server.url, "-q")
+    assert code == 0 and (tmp_path / "ok" / "annotations" / "trainval.txt").is_file() and "ready" in out
 
 
 def test_interrupted_training_exits_130_with_resume_command(monkeypatch, capsys, tmp_path):
