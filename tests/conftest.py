@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: a synthetic Oxford-IIIT Pet root, its archives, the real sample (skipped when absent) and a
+"""Shared pytest fixtures: one PyTorch thread for every test, a synthetic Oxford-IIIT Pet root, its archives, the real sample (skipped when absent) and a
 loopback HTTP server that honours Range requests and can be told to fail, to cut a transfer short or to ignore Range."""
 from __future__ import annotations
 
@@ -6,10 +6,20 @@ import http.server, re, shutil, socket, threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from petseg.data import make_archives, make_synthetic_pets
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "oxford-pet-sample"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    "One PyTorch thread: the test models are tiny, and competing OpenMP threads are slow on a busy 2-core machine."
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

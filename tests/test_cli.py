@@ -10,7 +10,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +42,6 @@ def petseg_exe() -> list[str]:
     exe = shutil.which("petseg")
     if exe is None: pytest.skip("the petseg console script is not installed (pip install -e .)")
     return [exe]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 idempotence, resume, checksum failures, server errors, and never deleting what the user had."""
 from __future__ import annotations
 
-import os, shutil, tarfile, warnings
+import shutil, tarfile
 from pathlib import Path
 
 import pytest
 
 from petseg.data import (PETS_URL, ChecksumError, DownloadError, OxfordPetDataset, data_url, download_oxford_pet,
-                         file_md5, make_archives)
+                         file_md5)
 
 
 def _get(srv, root, **kw):

@@ -54,15 +54,6 @@ def drain(ds) -> str:
     return "skipped" if ds.skipped else "ok"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "One PyTorch thread: the models are tiny, and competing threads are slow on a busy 2-core machine."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pets(tmp_path_factory) -> Path:
     return make_synthetic_pets(tmp_path_factory.mktemp("fuzz") / "pets", n_trainval=2, n_test=3, size=40, seed=3)

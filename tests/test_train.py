@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -29,15 +28,6 @@ from petseg.train import (CHECKPOINT_KEYS, METRIC_COLUMNS, CheckpointError, Conf
 
 TINY = {"features": (8, 16, 32, 64)}
 STEPS = 9  # 36 training images / batch size 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "Tiny models train faster on one thread, and far faster when other jobs share the 2 cores (OpenMP threads spin)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
