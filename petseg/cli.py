@@ -185,6 +185,8 @@ def _add_train_args(p: argparse.ArgumentParser):
     g.add_argument("--out-dir", "--log-dir", "--out_dir", dest="out_dir", type=out_dir,
                    help=f"run folders with metrics.csv and TensorBoard logs (default: {d.out_dir})")
     g.add_argument("--run-name", help="names the run folder and checkpoints (default: the model name)")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace checkpoints of that name (default: keep them and name this run <run-name>-2, -3, ...)")
     g.add_argument("--resume", type=readable_file, help="continue from this checkpoint (its *_last.pt) where it stopped")
     g.add_argument("--stop-after-epoch", type=positive_int, help="pause, resumably, after this epoch")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -193,7 +195,7 @@ _TRAIN_FIELDS = ("model", "pretrained", "data_root", "images_dir", "masks_dir", 
                  "cache", "cache_dir", "num_workers", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum",
                  "scheduler", "bce_weight", "dice_weight", "grad_clip", "patience", "swa_start", "swa_lr", "seed",
                  "max_train_batches", "device", "amp", "channels_last", "compile", "checkpoint_dir", "out_dir", "run_name",
-                 "resume", "stop_after_epoch")
+                 "overwrite", "resume", "stop_after_epoch")
 
 def train_config_from_args(args) -> TrainConfig:
     "A `TrainConfig` from parsed `petseg train` arguments: the flags given, `TrainConfig`'s defaults for the rest."
@@ -276,7 +278,8 @@ def _demo(out: Path, epochs: int, seed: int, device: str, progress: bool) -> dic
     history = train(TrainConfig(data_root=str(root), model="unet", model_kwargs=dict(features=list(DEMO["features"])),
                                 image_size=DEMO["image_size"], epochs=epochs, batch_size=DEMO["batch_size"], lr=DEMO["lr"],
                                 device=device, num_workers=0, seed=seed, out_dir=str(out / "runs"),
-                                checkpoint_dir=str(out / "checkpoints"), run_name="demo", progress=progress, live_plot=False))
+                                checkpoint_dir=str(out / "checkpoints"), run_name="demo", overwrite=True, progress=progress,
+                                live_plot=False))
     best = Path(history.checkpoints["best"])
     result = evaluate(best, root, "test", device=device, out_csv=out / "test_per_image.csv", progress=progress)
     images = [root / "images" / f"{n}.jpg" for n in read_split(root, "test")]
@@ -320,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("train", help="train a model", description="Train UNet or ResNet34-UNet with BCE + Dice. Checkpoints "
-                       "go to --checkpoint-dir as <run-name>_best.pt and <run-name>_last.pt (run name: --run-name, default "
-                       "the model name), logs to --out-dir. A missing Oxford-IIIT Pet is downloaded first unless --no-download.")
+                       "go to --checkpoint-dir as <run-name>_best.pt (weights, for evaluate and predict) and "
+                       "<run-name>_last.pt (also the optimizer state, for --resume); run name: --run-name, default "
+                       "the model name, with -2, -3, ... added rather than overwrite an earlier run. Logs go to --out-dir. A missing Oxford-IIIT Pet is downloaded first unless --no-download.")
     _add_train_args(p)
     p.set_defaults(func=_cmd_train)
 

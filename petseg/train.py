@@ -12,9 +12,9 @@ import itertools
 import math
 import os
 import random
+import secrets
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -44,7 +44,7 @@ __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'AMP_MODES', 'CHECKPOIN
            'load_checkpoint', 'load_model_state', 'model_from_checkpoint', 'get_rng_state', 'set_rng_state',
            'seed_everything', 'MetricsLogger', 'plot_history', 'in_notebook', 'LivePlot', 'StopRequest', 'DistContext',
            'init_distributed', 'valid_shard', 'make_optimizer', 'make_scheduler', 'History', 'checkpoint_paths',
-           'config_dict', 'resume_config', 'train']
+           'new_checkpoint_stem', 'config_dict', 'resume_config', 'train']
 
 # %% ../nbs/03_train.ipynb #b48e7f02
 class CheckpointError(PetsegError):
@@ -143,6 +143,7 @@ class TrainConfig:
     # output
     out_dir: str = "runs"
     run_name: str | None = None           # run folder out_dir/run_name; checkpoints named after it (default: model)
+    overwrite: bool = False               # replace checkpoints of that name (default: name this run <name>-2, -3, ...)
     checkpoint_dir: str = "checkpoints"
     resume: str | None = None             # a checkpoint to continue from
     stop_after_epoch: int | None = None   # pause (resumably) after this epoch
@@ -373,8 +374,8 @@ def save_checkpoint(path: str | Path, **state) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
@@ -636,6 +637,13 @@ class DistContext:
         if self.enabled: dist.all_reduce(t)
         return t.tolist()
 
+    def agree(self, value: Any) -> Any:
+        "Rank 0's `value` on every rank (a file name chosen from rank 0's view of the disk, say)."
+        if not self.enabled: return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def broadcast_buffers(self, module: nn.Module) -> None:
         "Copy rank 0's buffers (BatchNorm statistics) to every rank, so all evaluate the model rank 0 saves."
         if self.enabled:
@@ -698,10 +706,19 @@ class History(list):
         return max(self, key=lambda r: r["valid_dice"]) if self else None
 
 
-def checkpoint_paths(cfg: TrainConfig) -> dict[str, Path]:
-    "Where a run writes its checkpoints: `{checkpoint_dir}/{run_name or model}_{best,last,swa}.pt`."
-    stem = cfg.run_name or cfg.model
+def checkpoint_paths(cfg: TrainConfig, stem: str | None = None) -> dict[str, Path]:
+    "Where a run writes its checkpoints: `{checkpoint_dir}/{stem}_{best,last,swa}.pt`, `stem` defaulting to run_name or model."
+    stem = stem or cfg.run_name or cfg.model
     return {k: Path(cfg.checkpoint_dir) / f"{stem}_{k}.pt" for k in ("best", "last", "swa")}
+
+
+def new_checkpoint_stem(cfg: TrainConfig) -> str:
+    "A new run's checkpoint name: run_name (or model), then `-2`, `-3`, ... while an earlier run's files hold it (unless overwrite)."
+    base = cfg.run_name or cfg.model
+    stem, k = base, 2
+    while not cfg.overwrite and any(p.exists() for p in checkpoint_paths(cfg, stem).values()):
+        stem, k = f"{base}-{k}", k + 1
+    return stem
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -711,7 +728,7 @@ def config_dict(cfg: TrainConfig) -> dict:
 
 
 # options a resumed run takes from the caller, not from the checkpoint
-PER_CALL_OPTIONS = ("resume", "device", "num_workers", "progress", "live_plot", "stop_after_epoch", "compile")
+PER_CALL_OPTIONS = ("resume", "device", "num_workers", "progress", "live_plot", "stop_after_epoch", "compile", "overwrite")
 # options a resumed run may change when the caller sets them (anything else must match the checkpoint)
 RESUME_OVERRIDES = ("epochs", "patience", "data_root", "images_dir", "masks_dir", "cache_dir", "out_dir",
                     "checkpoint_dir")
@@ -737,6 +754,15 @@ def resume_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     return merged
 
 
+def _resumable(ckpt: dict, path: Path) -> dict:
+    "`ckpt` if a run can continue from it, else `CheckpointError` naming the run's last checkpoint."
+    if ckpt.get("resumable", "optimizer_state" in ckpt): return ckpt
+    last = path.with_name(f"{ckpt.get('checkpoint_stem') or path.stem.rsplit('_', 1)[0]}_last.pt")
+    raise CheckpointError(f"{path} holds the model weights only (best and SWA checkpoints do; they are for evaluate and "
+                          f"predict), not the optimizer, schedule and random states a run continues from. Resume from "
+                          f"the run's last checkpoint instead: --resume {last}")
+
+
 def _say(ctx: DistContext, msg: str) -> None:
     if ctx.is_main: tqdm.write(msg)
 
@@ -748,10 +774,14 @@ class _Run:
         self.ckpt, self.ckpt_path = None, None
         if cfg.resume:
             self.ckpt_path = Path(cfg.resume)
-            self.ckpt = load_checkpoint(self.ckpt_path)
+            self.ckpt = _resumable(load_checkpoint(self.ckpt_path), self.ckpt_path)
             cfg = resume_config(cfg, self.ckpt)
         self.cfg = check_config(cfg)
-        self.paths = checkpoint_paths(cfg)
+        stem = self.ckpt.get("checkpoint_stem") if self.ckpt is not None else ctx.agree(new_checkpoint_stem(cfg))
+        self.paths = checkpoint_paths(cfg, stem)
+        if self.ckpt is None and stem != (cfg.run_name or cfg.model):
+            _say(ctx, f"{Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)}_*.pt hold an earlier run's "
+                      f"checkpoints, kept: this run writes {stem}_*.pt (overwrite=True / --overwrite replaces them).")
         self.show = ctx.is_main and cfg.progress
 
     # ---------------------------------------------------------------- setup
@@ -883,11 +913,7 @@ class _Run:
             run_dir = Path(cfg.out_dir) / (cfg.run_name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
             base, k = run_dir, 2
             while run_dir.exists() and any(run_dir.iterdir()): run_dir, k = base.with_name(f"{base.name}-{k}"), k + 1
-        if self.ctx.enabled:  # rank 0's choice (its clock, its view of the folder) for everyone
-            name = [str(run_dir)]
-            dist.broadcast_object_list(name, src=0)
-            run_dir = Path(name[0])
-        self.run_dir = run_dir
+        self.run_dir = run_dir = Path(self.ctx.agree(str(run_dir)))  # rank 0's choice (its clock, its view of the folder)
         self.history.run_dir, self.history.checkpoints = run_dir, self.paths
         if self.ctx.is_main:
             self.logger = MetricsLogger(run_dir, self.history)
@@ -954,22 +980,26 @@ class _Run:
         return loss_sum / n, dice_sum / n
 
     def _state(self, epoch: int, *, module: nn.Module | None = None, metrics: dict | None = None,
-               finished: bool = False, status: str = "running", step_in_epoch: int = 0, partial: dict | None = None) -> dict:
+               finished: bool = False, status: str = "running", step_in_epoch: int = 0, partial: dict | None = None,
+               resumable: bool = True) -> dict:
+        "A checkpoint's contents; `resumable=False` (best, SWA) leaves out the optimizer, schedule and random states."
         cfg = self.cfg
-        return dict(
+        state = dict(
             petseg_version=petseg.__version__, model_name=cfg.model, model_kwargs=dict(cfg.model_kwargs),
-            model_state=(module or self.module).state_dict(), optimizer_state=self.optimizer.state_dict(),
-            scheduler_state=self.scheduler.state_dict() if self.scheduler is not None else None,
-            scaler_state=self.scaler.state_dict(),
-            swa_state=self.swa_model.state_dict() if self.swa_model is not None else None,
-            swa_scheduler_state=self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
-            swa_metrics=self.swa_metrics, epoch=epoch, step_in_epoch=step_in_epoch, partial_totals=partial,
+            model_state=(module or self.module).state_dict(), swa_metrics=self.swa_metrics, epoch=epoch,
             metrics=dict(metrics or (self.history[-1] if self.history else {}), best_valid_dice=self.best_dice,
                          best_epoch=self.best_epoch),
             config=config_dict(cfg), image_size=cfg.image_size, mean=list(self.mean), std=list(self.std),
-            rng_state=get_rng_state(), history=[dict(r) for r in self.history], best_valid_dice=self.best_dice,
-            best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, finished=finished, status=status,
-            world_size=self.ctx.world_size, run_dir=str(self.run_dir))
+            history=[dict(r) for r in self.history], best_valid_dice=self.best_dice, best_epoch=self.best_epoch,
+            bad_epochs=self.bad_epochs, finished=finished, status=status, world_size=self.ctx.world_size,
+            run_dir=str(self.run_dir), checkpoint_stem=self.paths["last"].name[:-len("_last.pt")], resumable=resumable)
+        if not resumable: return state
+        return dict(state, optimizer_state=self.optimizer.state_dict(),
+                    scheduler_state=self.scheduler.state_dict() if self.scheduler is not None else None,
+                    scaler_state=self.scaler.state_dict(),
+                    swa_state=self.swa_model.state_dict() if self.swa_model is not None else None,
+                    swa_scheduler_state=self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
+                    step_in_epoch=step_in_epoch, partial_totals=partial, rng_state=get_rng_state())
 
     def _save(self, key: str, state: dict) -> None:
         if self.ctx.is_main: save_checkpoint(self.paths[key], **state)
@@ -1015,7 +1045,8 @@ class _Run:
         loss, dice = self._evaluate(swa_module)
         self.swa_metrics = dict(epoch=epoch, swa_start=self.cfg.swa_start, n_averaged=int(self.swa_model.n_averaged),
                                 valid_loss=loss, valid_dice=dice)
-        self._save("swa", self._state(epoch, module=swa_module, metrics=self.swa_metrics, finished=True, status="finished"))
+        self._save("swa", self._state(epoch, module=swa_module, metrics=self.swa_metrics, finished=True, status="finished",
+                                      resumable=False))
         return (f"SWA model (epochs {self.cfg.swa_start}-{epoch}, BatchNorm statistics recomputed): valid Dice "
                 f"{dice:.4f} (best single epoch: {self.best_dice:.4f}); saved to {self.paths['swa']}")
 
@@ -1067,7 +1098,7 @@ class _Run:
                "paused" if cfg.stop_after_epoch and epoch >= cfg.stop_after_epoch else None)
         final = end in ("finished", "early_stopped")
         swa_note = self._finish_swa(epoch) if final and self.swa_model is not None else None
-        if improved: self._save("best", self._state(epoch, finished=final, status=end or "running"))
+        if improved: self._save("best", self._state(epoch, finished=final, status=end or "running", resumable=False))
         self._save("last", self._state(epoch, finished=final, status=end or "running"))
         if ctx.is_main:
             self.logger.log(row)

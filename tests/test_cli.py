@@ -262,6 +262,26 @@ def test_petseg_errors_exit_1_without_traceback(trained, capsys, tmp_path):
     assert code == 1 and "annotations" in err
 
 
+def test_rerun_keeps_earlier_checkpoints_and_best_is_not_resumable(trained, capsys, tmp_path):
+    "A second run under a taken name writes <name>-2_*.pt, the first run's files untouched; --overwrite replaces them;"
+    "resuming from a best checkpoint (weights only) names the last one to resume from."
+    ck = tmp_path / "ck"; ck.mkdir()
+    for p in trained["best"].parent.glob("unet_*.pt"): shutil.copy(p, ck / p.name)
+    before = {p.name: p.read_bytes() for p in ck.glob("*.pt")}
+    args = ["train", "--data-root", trained["root"], "--epochs", "1", "--batch-size", "4", *TINY, "--checkpoint-dir", ck,
+            "--out-dir", tmp_path / "runs", "-q"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "earlier run" in out and f"last checkpoint: {ck / 'unet-2_last.pt'}" in out
+    assert {p.name: p.read_bytes() for p in ck.glob("unet_*.pt")} == before
+    assert (ck / "unet-2_best.pt").stat().st_size < (ck / "unet-2_last.pt").stat().st_size   # no optimizer state
+    code, out, err = run(capsys, "train", "--resume", ck / "unet-2_best.pt", "-q")
+    assert code == 1 and f"--resume {ck / 'unet-2_last.pt'}" in err and "Traceback" not in err
+    code, out, err = run(capsys, *args, "--overwrite")
+    assert code == 0 and not (ck / "unet-3_last.pt").exists()
+    assert (ck / "unet_last.pt").read_bytes() != before["unet_last.pt"]
+
+
 def test_train_downloads_missing_dataset(http_server, monkeypatch, capsys, tmp_path):
     "A missing dataset is downloaded first (from $PETSEG_DATA_URL here: a loopback server), saying so; then it trains."
     monkeypatch.setenv("PETSEG_DATA_URL", http_server.url)
