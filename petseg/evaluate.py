@@ -5,10 +5,11 @@
 # %% ../nbs/04_evaluate.ipynb #8e15f08a
 from __future__ import annotations
 
+import contextlib
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import albumentations as A
 import cv2
@@ -25,8 +26,8 @@ from .losses import _ratio
 from .train import get_device, model_from_checkpoint
 
 # %% auto #0
-__all__ = ['mask_counts', 'dice_from_counts', 'iou_from_counts', 'LoadedModel', 'load_models', 'predict_probs', 'image_to_input',
-           'upsample_probs', 'EvalResult', 'write_rows_csv', 'evaluate']
+__all__ = ['mask_counts', 'dice_from_counts', 'iou_from_counts', 'LoadedModel', 'load_models', 'eval_mode', 'predict_probs',
+           'image_to_input', 'upsample_probs', 'EvalResult', 'write_rows_csv', 'evaluate']
 
 # %% ../nbs/04_evaluate.ipynb #8a3a4d6a
 def mask_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,7 @@ def iou_from_counts(counts: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/04_evaluate.ipynb #2b6ac5f0
 @dataclass
 class LoadedModel:
-    "A model in eval mode with the input size and normalisation it expects."
+    "A model with the input size and normalisation it expects (`predict_probs` runs it in eval mode)."
     model: nn.Module
     size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -67,14 +68,23 @@ def load_models(checkpoint_or_model: Any, device: str | torch.device = "cpu", si
     if not items: raise PetsegError("no model given: pass a checkpoint path, a list of paths (ensemble) or an nn.Module")
     out = []
     for it in items:
-        if isinstance(it, nn.Module): model, ckpt, src = it.to(device).eval(), {}, type(it).__name__
+        if isinstance(it, nn.Module): model, ckpt, src = it.to(device), {}, type(it).__name__
         else:
             model, ckpt = model_from_checkpoint(it, device=device)
             src = str(it) if isinstance(it, (str, Path)) else str(ckpt.get("model_name", "checkpoint"))
-        out.append(LoadedModel(model.eval(), _as_size(size or ckpt.get("image_size") or 256),
+        out.append(LoadedModel(model, _as_size(size or ckpt.get("image_size") or 256),
                                tuple(mean or ckpt.get("mean") or IMAGENET_MEAN),
                                tuple(std or ckpt.get("std") or IMAGENET_STD), src))
     return out
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    "Run `model` in eval mode, then give every submodule back the training flag it had (yours may be mid-training)."
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try: yield model
+    finally:
+        for m, training in flags: m.training = training
 
 # %% ../nbs/04_evaluate.ipynb #d7a804cf
 @torch.inference_mode()
@@ -88,7 +98,7 @@ def predict_probs(models: Sequence[LoadedModel], x: torch.Tensor, tta: bool = Fa
         std = torch.tensor(m.std, device=dev).view(1, 3, 1, 1)
         xm = (xm - mean) / std
         for flip in ((False, True) if tta else (False,)):
-            logits = m.model(xm.flip(-1) if flip else xm).float()
+            with eval_mode(m.model): logits = m.model(xm.flip(-1) if flip else xm).float()
             if logits.ndim != 4 or logits.shape[1] != 1 or logits.shape[-2:] != x.shape[-2:]:
                 raise PetsegError(f"model {m.source!r} returned shape {tuple(logits.shape)}; "
                                   f"expected (N,1,{x.shape[-2]},{x.shape[-1]}) logits for binary segmentation")

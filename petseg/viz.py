@@ -21,7 +21,7 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, OxfordPetDataset, eval_transform
                          train_transforms)
 from .augment import DeviceAugment
 from .models import count_parameters
-from .evaluate import (LoadedModel, dice_from_counts, image_to_input, load_models, mask_counts, predict_probs,
+from .evaluate import (LoadedModel, dice_from_counts, eval_mode, image_to_input, load_models, mask_counts, predict_probs,
                              upsample_probs)
 
 # %% auto #0
@@ -324,13 +324,10 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 64, 64), 
         def f(mod, inp, out): calls.append((name, _shape_of(out)))
         return f
     for n, m in blocks: handles.append(m.register_forward_hook(hook(n)))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad(): out = model(torch.zeros(*input_size, device=device))
+        with eval_mode(model), torch.no_grad(): out = model(torch.zeros(*input_size, device=device))
     finally:
         for h in handles: h.remove()
-        model.train(was_training)
     mods, seen, rows = dict(blocks), {}, []
     def row(n, shape):
         seen[n] = seen.get(n, 0) + 1
