@@ -259,7 +259,7 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
             save_checkpoint(path, model_name="unet", model_state={"w": torch.zeros(3)})
     with monkeypatch.context() as m:
         def read_only(*a, **k): raise PermissionError(errno.EACCES, "Permission denied")
-        m.setattr(T.tempfile, "mkstemp", read_only)
+        m.setattr(T.os, "open", read_only)          # creating the temporary file fails
         with pytest.raises(CheckpointError, match="Permission denied.*writable checkpoint_dir"):
             save_checkpoint(path, model_name="unet", model_state={"w": torch.zeros(3)})
     with monkeypatch.context() as m:  # Ctrl-C in the middle of a write: the old file stays, no temp file
