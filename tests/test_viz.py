@@ -121,7 +121,9 @@ def test_model_summary_unet_shapes_and_params(tiny):
     assert sum(r["params"] for r in s.rows if r["call"] <= 1) == s.total_params == sum(p.numel() for p in tiny.parameters())
     assert [r["call"] for r in s.rows if r["name"] == "pool"] == [1, 2, 3, 4]
     assert "pool (call 4)" in s.table() and len(s.plot().axes) == 2
-    assert not tiny.training
+    for mode in (True, False):             # the model's own mode survives the summary (it runs in eval mode)
+        tiny.train(mode); model_summary(tiny, (1, 3, 32, 32))
+        assert tiny.training is mode and all(m.training is mode for m in tiny.modules())
 
 
 # ---------------------------------------------------------------- model pictures
