@@ -148,7 +148,8 @@ class TrainConfig:
     resume: str | None = None             # a checkpoint to continue from
     stop_after_epoch: int | None = None   # pause (resumably) after this epoch
     max_train_batches: int | None = None  # cap the batches of an epoch
-    progress: bool = True
+    progress: bool = True                 # progress bars
+    verbose: bool = True                  # print the start line and one line per epoch (warnings always print)
     live_plot: str | bool = "auto"        # 'auto': live curves when running in a notebook
 
 # %% ../nbs/03_train.ipynb #35f9ff5a
@@ -728,7 +729,8 @@ def config_dict(cfg: TrainConfig) -> dict:
 
 
 # options a resumed run takes from the caller, not from the checkpoint
-PER_CALL_OPTIONS = ("resume", "device", "num_workers", "progress", "live_plot", "stop_after_epoch", "compile", "overwrite")
+PER_CALL_OPTIONS = ("resume", "device", "num_workers", "progress", "verbose", "live_plot", "stop_after_epoch", "compile",
+                    "overwrite")
 # options a resumed run may change when the caller sets them (anything else must match the checkpoint)
 RESUME_OVERRIDES = ("epochs", "patience", "data_root", "images_dir", "masks_dir", "cache_dir", "out_dir",
                     "checkpoint_dir")
@@ -920,10 +922,14 @@ class _Run:
             if cfg.live_plot is True or (cfg.live_plot == "auto" and in_notebook()): self.callbacks.append(LivePlot())
             what = (f"resuming {self.ckpt_path} at epoch {self.start_epoch + 1}" +
                     (f", batch {self.resume_step + 1}" if self.resume_step else "") if c is not None else "training")
-            _say(self.ctx, f"{what}: {cfg.model}, {self.n_train} train / {self.n_valid} valid images at "
-                           f"{cfg.image_size}px on {self.device}"
-                           f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''}; "
-                           f"logs in {run_dir}, checkpoints {self.paths['last'].parent}/{self.paths['last'].stem[:-5]}_*.pt")
+            self._log(f"{what}: {cfg.model}, {self.n_train} train / {self.n_valid} valid images at "
+                      f"{cfg.image_size}px on {self.device}"
+                      f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''}; "
+                      f"logs in {run_dir}, checkpoints {self.paths['last'].parent}/{self.paths['last'].stem[:-5]}_*.pt")
+
+    def _log(self, msg: str) -> None:
+        "Print a routine line (rank 0, unless verbose=False)."
+        if self.cfg.verbose: _say(self.ctx, msg)
 
     @contextlib.contextmanager
     def _main_first(self):
@@ -1102,13 +1108,13 @@ class _Run:
         self._save("last", self._state(epoch, finished=final, status=end or "running"))
         if ctx.is_main:
             self.logger.log(row)
-            _say(ctx, f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} Dice {row['train_dice']:.4f} | valid loss "
+            self._log(f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} Dice {row['train_dice']:.4f} | valid loss "
                       f"{valid_loss:.4f} Dice {valid_dice:.4f}{' (best)' if improved else ''} | lr {row['lr']:.2e} | "
                       f"{row['epoch_time_s']:.1f}s, {row['images_per_s']:.1f} img/s")
-            if swa_note: _say(ctx, swa_note)
+            if swa_note: self._log(swa_note)
             for cb in self.callbacks: cb(row, self.history)
         if end == "early_stopped":
-            _say(ctx, f"early stopping: no better valid Dice for {cfg.patience} epochs (best {self.best_dice:.4f} at "
+            self._log(f"early stopping: no better valid Dice for {cfg.patience} epochs (best {self.best_dice:.4f} at "
                       f"epoch {self.best_epoch}).")
         if not final and self.stop.poll(None): raise self._interrupt_error(f"the end of epoch {epoch}", self.stop)
         return end
@@ -1141,8 +1147,8 @@ class _Run:
                 if self.logger is not None: self.logger.close()
         self.history.status, self.history.swa = end or "finished", self.swa_metrics
         if end == "paused":
-            _say(self.ctx, f"paused after epoch {self.history[-1]['epoch']} (stop_after_epoch); resume with "
-                           f"train(TrainConfig(resume={str(self.paths['last'])!r})) or petseg train --resume {self.paths['last']}")
+            self._log(f"paused after epoch {self.history[-1]['epoch']} (stop_after_epoch); resume with "
+                      f"train(TrainConfig(resume={str(self.paths['last'])!r})) or petseg train --resume {self.paths['last']}")
         return self.history
 
 
