@@ -186,7 +186,8 @@ def _add_train_args(p: argparse.ArgumentParser):
                    help=f"run folders with metrics.csv and TensorBoard logs (default: {d.out_dir})")
     g.add_argument("--run-name", help="names the run folder and checkpoints (default: the model name)")
     g.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace checkpoints of that name (default: keep them and name this run <run-name>-2, -3, ...)")
+                   help="replace the checkpoints and logs of a run of that name (default: keep them and name this run "
+                        "<run-name>-2, -3, ...)")
     g.add_argument("--resume", type=readable_file, help="continue from this checkpoint (its *_last.pt) where it stopped")
     g.add_argument("--stop-after-epoch", type=positive_int, help="pause, resumably, after this epoch")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

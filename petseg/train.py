@@ -44,7 +44,7 @@ __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'AMP_MODES', 'CHECKPOIN
            'load_checkpoint', 'load_model_state', 'model_from_checkpoint', 'get_rng_state', 'set_rng_state',
            'seed_everything', 'MetricsLogger', 'plot_history', 'in_notebook', 'LivePlot', 'StopRequest', 'DistContext',
            'init_distributed', 'valid_shard', 'make_optimizer', 'make_scheduler', 'History', 'checkpoint_paths',
-           'new_checkpoint_stem', 'config_dict', 'resume_config', 'train']
+           'new_run_name', 'config_dict', 'resume_config', 'train']
 
 # %% ../nbs/03_train.ipynb #b48e7f02
 class CheckpointError(PetsegError):
@@ -143,7 +143,7 @@ class TrainConfig:
     # output
     out_dir: str = "runs"
     run_name: str | None = None           # run folder out_dir/run_name; checkpoints named after it (default: model)
-    overwrite: bool = False               # replace checkpoints of that name (default: name this run <name>-2, -3, ...)
+    overwrite: bool = False               # replace a run of that name (default: name this run <name>-2, -3, ...)
     checkpoint_dir: str = "checkpoints"
     resume: str | None = None             # a checkpoint to continue from
     stop_after_epoch: int | None = None   # pause (resumably) after this epoch
@@ -509,7 +509,7 @@ class MetricsLogger:
         if tensorboard:
             try: from torch.utils.tensorboard import SummaryWriter
             except ImportError as e: warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard.")
-            else: self.writer = SummaryWriter(str(self.run_dir), purge_step=len(rows) + 1 if rows else None)
+            else: self.writer = SummaryWriter(str(self.run_dir), purge_step=len(rows) + 1)  # hides later steps of a run it replaces
 
     def log(self, row: dict) -> None:
         "Append `row` to the CSV and write its numbers to TensorBoard at step `row['epoch']`."
@@ -713,13 +713,19 @@ def checkpoint_paths(cfg: TrainConfig, stem: str | None = None) -> dict[str, Pat
     return {k: Path(cfg.checkpoint_dir) / f"{stem}_{k}.pt" for k in ("best", "last", "swa")}
 
 
-def new_checkpoint_stem(cfg: TrainConfig) -> str:
-    "A new run's checkpoint name: run_name (or model), then `-2`, `-3`, ... while an earlier run's files hold it (unless overwrite)."
+def _taken(cfg: TrainConfig, name: str) -> bool:
+    "Does an earlier run hold `name`: its checkpoints, or (with a run_name) a non-empty log folder?"
+    logs = Path(cfg.out_dir) / name
+    return (any(p.exists() for p in checkpoint_paths(cfg, name).values()) or
+            bool(cfg.run_name) and logs.is_dir() and any(logs.iterdir()))
+
+
+def new_run_name(cfg: TrainConfig) -> str:
+    "A new run's name (checkpoints, and log folder with a run_name): run_name or model, then `-2`, `-3`, ... while taken (unless overwrite)."
     base = cfg.run_name or cfg.model
-    stem, k = base, 2
-    while not cfg.overwrite and any(p.exists() for p in checkpoint_paths(cfg, stem).values()):
-        stem, k = f"{base}-{k}", k + 1
-    return stem
+    name, k = base, 2
+    while not cfg.overwrite and _taken(cfg, name): name, k = f"{base}-{k}", k + 1
+    return name
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -779,11 +785,12 @@ class _Run:
             self.ckpt = _resumable(load_checkpoint(self.ckpt_path), self.ckpt_path)
             cfg = resume_config(cfg, self.ckpt)
         self.cfg = check_config(cfg)
-        stem = self.ckpt.get("checkpoint_stem") if self.ckpt is not None else ctx.agree(new_checkpoint_stem(cfg))
-        self.paths = checkpoint_paths(cfg, stem)
-        if self.ckpt is None and stem != (cfg.run_name or cfg.model):
-            _say(ctx, f"{Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)}_*.pt hold an earlier run's "
-                      f"checkpoints, kept: this run writes {stem}_*.pt (overwrite=True / --overwrite replaces them).")
+        self.name = ((self.ckpt.get("checkpoint_stem") or cfg.run_name or cfg.model) if self.ckpt is not None
+                     else ctx.agree(new_run_name(cfg)))
+        self.paths = checkpoint_paths(cfg, self.name)
+        if self.ckpt is None and self.name != (cfg.run_name or cfg.model):
+            _say(ctx, f"An earlier run named {cfg.run_name or cfg.model!r} is kept: this run is {self.name!r} "
+                      f"(overwrite=True / --overwrite replaces the earlier one).")
         self.show = ctx.is_main and cfg.progress
 
     # ---------------------------------------------------------------- setup
@@ -911,8 +918,9 @@ class _Run:
         self.logger = None
         if c is not None and c.get("run_dir") and cfg.out_dir == c["config"].get("out_dir"): run_dir = Path(c["run_dir"])
         elif c is not None and c.get("run_dir"): run_dir = Path(cfg.out_dir) / Path(c["run_dir"]).name
+        elif cfg.run_name: run_dir = Path(cfg.out_dir) / self.name
         else:
-            run_dir = Path(cfg.out_dir) / (cfg.run_name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir = Path(cfg.out_dir) / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
             base, k = run_dir, 2
             while run_dir.exists() and any(run_dir.iterdir()): run_dir, k = base.with_name(f"{base.name}-{k}"), k + 1
         self.run_dir = run_dir = Path(self.ctx.agree(str(run_dir)))  # rank 0's choice (its clock, its view of the folder)
@@ -925,7 +933,7 @@ class _Run:
             self._log(f"{what}: {cfg.model}, {self.n_train} train / {self.n_valid} valid images at "
                       f"{cfg.image_size}px on {self.device}"
                       f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''}; "
-                      f"logs in {run_dir}, checkpoints {self.paths['last'].parent}/{self.paths['last'].stem[:-5]}_*.pt")
+                      f"logs in {run_dir}, checkpoints {self.paths['last'].parent}/{self.name}_*.pt")
 
     def _log(self, msg: str) -> None:
         "Print a routine line (rank 0, unless verbose=False)."
@@ -998,7 +1006,7 @@ class _Run:
             config=config_dict(cfg), image_size=cfg.image_size, mean=list(self.mean), std=list(self.std),
             history=[dict(r) for r in self.history], best_valid_dice=self.best_dice, best_epoch=self.best_epoch,
             bad_epochs=self.bad_epochs, finished=finished, status=status, world_size=self.ctx.world_size,
-            run_dir=str(self.run_dir), checkpoint_stem=self.paths["last"].name[:-len("_last.pt")], resumable=resumable)
+            run_dir=str(self.run_dir), checkpoint_stem=self.name, resumable=resumable)
         if not resumable: return state
         return dict(state, optimizer_state=self.optimizer.state_dict(),
                     scheduler_state=self.scheduler.state_dict() if self.scheduler is not None else None,

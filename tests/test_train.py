@@ -90,6 +90,20 @@ def test_checkpoint_round_trip_reproduces_valid_dice(pets, tmp_path):
     assert ck["metrics"]["valid_dice"] > 0.5
 
 
+
+def test_overwrite_replaces_the_earlier_runs_logs(pets, tmp_path):
+    "A rerun under a taken name logs to <name>-2; with overwrite it reuses <name>, and TensorBoard shows only its epochs."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    first = train(config(pets, tmp_path, run_name="x", epochs=3))
+    second = train(config(pets, tmp_path, run_name="x", epochs=1))
+    assert (first.run_dir.name, second.run_dir.name, second.checkpoints["last"].name) == ("x", "x-2", "x-2_last.pt")
+    redo = train(config(pets, tmp_path, run_name="x", epochs=2, lr=1e-3, overwrite=True))
+    assert redo.run_dir == first.run_dir and redo.checkpoints == first.checkpoints
+    with open(redo.run_dir / "metrics.csv") as f: assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+    events = EventAccumulator(str(redo.run_dir)); events.Reload()
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("loss/train")] == \
+           [(r["epoch"], round(r["train_loss"], 5)) for r in redo]
+
 # ------------------------------------------------------------------ resume
 def test_resume_equals_uninterrupted_run(pets, tmp_path):
     "4 epochs == 2 epochs (stop_after_epoch) + a resumed 2: same weights, optimizer state and metrics (onecycle, augment)."
