@@ -37,14 +37,15 @@ from .losses import BCEDiceLoss, dice_per_image
 from .models import MODEL_NAMES, build_model
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'AMP_MODES', 'CHECKPOINT_KEYS', 'METRIC_COLUMNS', 'PER_CALL_OPTIONS',
-           'RESUME_OVERRIDES', 'CheckpointError', 'TrainingError', 'ConfigError', 'TrainingInterrupted', 'get_device',
-           'TrainConfig', 'check_config', 'item_seed', 'SeededItems', 'EpochSampler', 'folder_split', 'make_datasets',
-           'amp_dtype_for', 'autocast', 'EpochTotals', 'train_one_epoch', 'validate', 'save_checkpoint',
-           'load_checkpoint', 'load_model_state', 'model_from_checkpoint', 'get_rng_state', 'set_rng_state',
-           'seed_everything', 'MetricsLogger', 'plot_history', 'in_notebook', 'LivePlot', 'StopRequest', 'DistContext',
-           'init_distributed', 'valid_shard', 'make_optimizer', 'make_scheduler', 'History', 'checkpoint_paths',
-           'new_run_name', 'config_dict', 'resume_config', 'train']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'AMP_MODES', 'CHECKPOINT_KEYS', 'FILE_SIGNATURES', 'METRIC_COLUMNS',
+           'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'CheckpointError', 'TrainingError', 'ConfigError',
+           'TrainingInterrupted', 'get_device', 'TrainConfig', 'check_config', 'item_seed', 'SeededItems',
+           'EpochSampler', 'folder_split', 'make_datasets', 'amp_dtype_for', 'autocast', 'EpochTotals',
+           'train_one_epoch', 'validate', 'save_checkpoint', 'describe_file', 'load_checkpoint', 'load_model_state',
+           'model_from_checkpoint', 'get_rng_state', 'set_rng_state', 'seed_everything', 'MetricsLogger',
+           'plot_history', 'in_notebook', 'LivePlot', 'StopRequest', 'DistContext', 'init_distributed', 'valid_shard',
+           'make_optimizer', 'make_scheduler', 'History', 'checkpoint_paths', 'new_run_name', 'config_dict',
+           'resume_config', 'train']
 
 # %% ../nbs/03_train.ipynb #b48e7f02
 class CheckpointError(PetsegError):
@@ -400,6 +401,24 @@ def _looks_like_zip(path: Path) -> bool:
     with open(path, "rb") as f: return f.read(4) == b"PK\x03\x04"
 
 
+FILE_SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+                   (b"\x89HDF", "an HDF5 file (Keras weights?)"), (b"\x1f\x8b", "a gzip archive"))
+
+
+def describe_file(path: str | Path) -> str:
+    "What the first bytes of `path` look like: an image, an HDF5 or safetensors file, text, or unknown bytes."
+    with open(path, "rb") as f: head = f.read(512)
+    for magic, kind in FILE_SIGNATURES:
+        if head.startswith(magic): return kind
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file"
+    try: text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a character cut at the end of the 512 bytes is fine
+        text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 else ""
+    return "a text file" if text and all(c.isprintable() or c.isspace() for c in text) else \
+        "random bytes or an unknown file type"
+
+
 def load_checkpoint(path: str | Path) -> dict:
     "Load a petseg checkpoint with `weights_only=True`; `CheckpointError` saying what is wrong with a bad file."
     path = Path(path)
@@ -423,8 +442,8 @@ def load_checkpoint(path: str | Path) -> dict:
         if zipped:
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({size} bytes; {msg.splitlines()[0]}): "
                                   "copy it again or use another checkpoint.") from e
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (random bytes or another file type; "
-                              f"{type(e).__name__}: {msg.splitlines()[0] if msg else ''}).") from e
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it looks like {describe_file(path)}. Give a "
+                              "checkpoint written by petseg train (<run>_best.pt or <run>_last.pt).") from e
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_name" not in ckpt:
         bare = isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
         hint = (" It looks like a bare state_dict (weights only): petseg checkpoints also name the model and its "

@@ -313,8 +313,10 @@ def good_checkpoint(tmp_path_factory) -> Path:
     ("folder", "is a folder"),
     ("empty", "is empty"),
     ("truncated", "truncated or corrupt"),
-    ("random", "not a PyTorch checkpoint"),
-    ("text", "not a PyTorch checkpoint"),
+    ("random", "not a PyTorch checkpoint: it looks like random bytes"),
+    ("text", "not a PyTorch checkpoint: it looks like a text file"),
+    ("photo", "not a PyTorch checkpoint: it looks like a JPEG image"),
+    ("safetensors", "not a PyTorch checkpoint: it looks like a safetensors file"),
     ("bare_state_dict", "bare state_dict"),
     ("other_dict", "not a petseg checkpoint"),
     ("code", "never runs code"),
@@ -329,6 +331,8 @@ def test_bad_checkpoints_say_what_is_wrong(good_checkpoint, tmp_path, kind, mess
     elif kind == "truncated": p.write_bytes(good[: len(good) // 2])
     elif kind == "random": p.write_bytes(np.random.default_rng(0).bytes(4096))
     elif kind == "text": p.write_text("epoch,loss\n1,0.5\n")
+    elif kind == "photo": Image.new("RGB", (16, 16), (200, 120, 40)).save(p, format="JPEG")
+    elif kind == "safetensors": pytest.importorskip("safetensors.torch").save_file({"w": torch.zeros(2, 2)}, str(p))
     elif kind == "bare_state_dict": torch.save(build_model("unet", **TINY).state_dict(), p)
     elif kind == "other_dict": torch.save({"weights": [1, 2, 3]}, p)
     elif kind == "code": torch.save({"model_name": "unet", "model_state": Evil(tmp_path / "pwned")}, p)
