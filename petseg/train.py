@@ -528,7 +528,7 @@ class MetricsLogger:
         if tensorboard:
             try: from torch.utils.tensorboard import SummaryWriter
             except ImportError as e: warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard.")
-            else: self.writer = SummaryWriter(str(self.run_dir), purge_step=len(rows) + 1)  # hides later steps of a run it replaces
+            else: self.writer = SummaryWriter(str(self.run_dir), purge_step=len(rows) + 1 if rows else None)
 
     def log(self, row: dict) -> None:
         "Append `row` to the CSV and write its numbers to TensorBoard at step `row['epoch']`."
@@ -945,6 +945,8 @@ class _Run:
         self.run_dir = run_dir = Path(self.ctx.agree(str(run_dir)))  # rank 0's choice (its clock, its view of the folder)
         self.history.run_dir, self.history.checkpoints = run_dir, self.paths
         if self.ctx.is_main:
+            if c is None and cfg.overwrite:  # the run this one replaces: its TensorBoard curves go too
+                for p in run_dir.glob("events.out.tfevents.*"): p.unlink()
             self.logger = MetricsLogger(run_dir, self.history)
             if cfg.live_plot is True or (cfg.live_plot == "auto" and in_notebook()): self.callbacks.append(LivePlot())
             what = (f"resuming {self.ckpt_path} at epoch {self.start_epoch + 1}" +
