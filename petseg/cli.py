@@ -326,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model", description="Train UNet or ResNet34-UNet with BCE + Dice. Checkpoints "
                        "go to --checkpoint-dir as <run-name>_best.pt (weights, for evaluate and predict) and "
                        "<run-name>_last.pt (also the optimizer state, for --resume); run name: --run-name, default "
-                       "the model name, with -2, -3, ... added rather than overwrite an earlier run. Logs go to --out-dir. A missing Oxford-IIIT Pet is downloaded first unless --no-download.")
+                       "the model name, with -2, -3, ... added rather than overwrite an earlier run (--overwrite replaces "
+                       "it). Logs (metrics.csv, TensorBoard) go to "
+                       "--out-dir/<run-name>, or <model>-<time> without --run-name. A missing Oxford-IIIT Pet is "
+                       "downloaded first unless --no-download.")
     _add_train_args(p)
     p.set_defaults(func=_cmd_train)
 
