@@ -97,15 +97,16 @@ def predict_probs(models: Sequence[LoadedModel], x: torch.Tensor, tta: bool = Fa
         mean = torch.tensor(m.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(m.std, device=dev).view(1, 3, 1, 1)
         xm = (xm - mean) / std
-        for flip in ((False, True) if tta else (False,)):
-            with eval_mode(m.model): logits = m.model(xm.flip(-1) if flip else xm).float()
-            if logits.ndim != 4 or logits.shape[1] != 1 or logits.shape[-2:] != x.shape[-2:]:
-                raise PetsegError(f"model {m.source!r} returned shape {tuple(logits.shape)}; "
-                                  f"expected (N,1,{x.shape[-2]},{x.shape[-1]}) logits for binary segmentation")
-            p = torch.sigmoid(logits)
-            p = (p.flip(-1) if flip else p).to(x.device)
-            total = p if total is None else total + p
-            n += 1
+        with eval_mode(m.model):
+            for flip in ((False, True) if tta else (False,)):
+                logits = m.model(xm.flip(-1) if flip else xm).float()
+                if logits.ndim != 4 or logits.shape[1] != 1 or logits.shape[-2:] != x.shape[-2:]:
+                    raise PetsegError(f"model {m.source!r} returned shape {tuple(logits.shape)}; "
+                                      f"expected (N,1,{x.shape[-2]},{x.shape[-1]}) logits for binary segmentation")
+                p = torch.sigmoid(logits)
+                p = (p.flip(-1) if flip else p).to(x.device)
+                total = p if total is None else total + p
+                n += 1
     return total / n
 
 # %% ../nbs/04_evaluate.ipynb #4341c22a

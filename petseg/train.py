@@ -397,12 +397,8 @@ def save_checkpoint(path: str | Path, **state) -> Path:
     return path
 
 
-def _looks_like_zip(path: Path) -> bool:
-    with open(path, "rb") as f: return f.read(4) == b"PK\x03\x04"
-
-
-FILE_SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
-                   (b"\x89HDF", "an HDF5 file (Keras weights?)"), (b"\x1f\x8b", "a gzip archive"))
+FILE_SIGNATURES = ((b"PK\x03\x04", "a zip archive"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
+                   (b"GIF8", "a GIF image"), (b"\x89HDF", "an HDF5 file (Keras weights?)"), (b"\x1f\x8b", "a gzip archive"))
 
 
 def describe_file(path: str | Path) -> str:
@@ -437,12 +433,12 @@ def load_checkpoint(path: str | Path) -> dict:
             raise CheckpointError(
                 f"{path} holds Python objects other than tensors and plain containers; petseg loads checkpoints with "
                 "weights_only=True and never runs code from a file, so it is not a petseg checkpoint.") from e
-        try: zipped = _looks_like_zip(path)
+        try: kind = describe_file(path)
         except OSError as e2: raise CheckpointError(f"cannot read checkpoint {path}: {e2.strerror or e2}.") from e
-        if zipped:
+        if kind == "a zip archive":  # torch.save's format, but damaged
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({size} bytes; {msg.splitlines()[0]}): "
                                   "copy it again or use another checkpoint.") from e
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it looks like {describe_file(path)}. Give a "
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it looks like {kind}. Give a "
                               "checkpoint written by petseg train (<run>_best.pt or <run>_last.pt).") from e
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_name" not in ckpt:
         bare = isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())

@@ -90,7 +90,6 @@ def test_checkpoint_round_trip_reproduces_valid_dice(pets, tmp_path):
     assert ck["metrics"]["valid_dice"] > 0.5
 
 
-
 def test_overwrite_replaces_the_earlier_runs_logs(pets, tmp_path):
     "A rerun under a taken name logs to <name>-2; with overwrite it reuses <name>, and TensorBoard shows only its epochs."
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -103,6 +102,7 @@ def test_overwrite_replaces_the_earlier_runs_logs(pets, tmp_path):
     events = EventAccumulator(str(redo.run_dir)); events.Reload()
     assert [(e.step, round(e.value, 5)) for e in events.Scalars("loss/train")] == \
            [(r["epoch"], round(r["train_loss"], 5)) for r in redo]
+
 
 # ------------------------------------------------------------------ resume
 def test_resume_equals_uninterrupted_run(pets, tmp_path):
