@@ -1,9 +1,13 @@
-"Everything in one import, fastai style: `from petseg.all import *` (gives the functions `train` and `evaluate`)."
+"Everything in one import, in the course's order: `from petseg.all import *`."
 from .data import *
 from .augment import *
 from .models import *
 from .losses import *
-from .train import *
+from .learner import *
+from .checkpoint import *
+from .callbacks import *
+from .distributed import *
+from .training import *
 from .evaluate import *
 from .inference import *
 from .viz import *

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -23,12 +24,13 @@ from .data import PetsegError, download_oxford_pet, make_synthetic_pets, read_sp
 from .evaluate import evaluate
 from .inference import predict
 from .models import MODEL_NAMES, build_model
-from .train import OPTIMIZERS, SCHEDULERS, NORMALIZATIONS, AMP_MODES, ConfigError, TrainConfig, TrainingInterrupted, train
+from .training import (AMP_MODES, NORMALIZATIONS, OPTIMIZERS, SCHEDULERS, ConfigError, TrainConfig, TrainingInterrupted,
+                             field_help, field_section, train)
 
 # %% auto #0
-__all__ = ['positive_int', 'positive_float', 'nonneg_int', 'nonneg_float', 'DATA_ROOT', 'DEMO', 'UsageError', 'readable_file',
-           'readable_path', 'readable_dir', 'out_dir', 'out_file', 'train_config_from_args', 'run_demo', 'build_parser',
-           'main']
+__all__ = ['positive_int', 'positive_float', 'nonneg_int', 'nonneg_float', 'DATA_ROOT', 'TRAIN_FLAG_ALIASES', 'TRAIN_CHOICES',
+           'TRAIN_TYPES', 'NOT_FLAGS', 'DEMO', 'UsageError', 'readable_file', 'readable_path', 'readable_dir',
+           'out_dir', 'out_file', 'train_config_from_args', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #b17d85ae
 class UsageError(Exception):
@@ -128,6 +130,8 @@ def _has_pets(root: str | Path) -> bool:
     root = Path(root)
     return (root / "images").is_dir() and (root / "annotations" / "trainval.txt").is_file()
 
+
+# %% ../nbs/07_cli.ipynb #94b3a90d
 def _features(s: str) -> tuple[int, ...]:
     "An argparse type: UNet channel widths, e.g. '8,16,32,64'."
     try: v = tuple(int(x) for x in s.replace(" ", "").split(",") if x)
@@ -142,72 +146,57 @@ def _json_dict(s: str) -> dict:
     if not isinstance(v, dict): raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"features\": [8, 16, 32, 64]}}', got {s!r}")
     return v
 
-def _add_train_args(p: argparse.ArgumentParser):
-    "The `petseg train` flags. Defaults are `TrainConfig`'s; only the flags given are passed on (so --resume keeps the run's)."
-    d = TrainConfig()
-    g = p.add_argument_group("model")
-    g.add_argument("--model", "--arch", choices=MODEL_NAMES, help=f"architecture (default: {d.model})")
-    g.add_argument("--pretrained", action="store_true", default=None, help="ImageNet weights for the resnet34_unet encoder")
-    g.add_argument("--features", type=_features, help="UNet channel widths, e.g. 8,16,32,64 (default: 64,128,256,512)")
-    g.add_argument("--model-kwargs", "--model_kwargs", type=_json_dict, help="other model arguments as JSON")
-    g = _add_data_args(p, default_root=None)
-    g.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing Oxford-IIIT Pet")
-    g.add_argument("--size", "--image-size", "--img_size", "--image_size", dest="image_size", type=positive_int,
-                   help=f"training size in pixels (default: {d.image_size})")
-    g.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="no data augmentation")
-    g.add_argument("--normalization", "--normalize", choices=NORMALIZATIONS, help=f"default: {d.normalization}")
-    g.add_argument("--cache", action="store_true", default=None, help="read images from a resized uint8 cache (built once)")
-    g.add_argument("--cache-dir", help="where the cache goes (default: <data-root>/.petseg_cache)")
-    g.add_argument("--num-workers", "--num_workers", type=nonneg_int, help=f"DataLoader workers (default: {d.num_workers})")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", "--epoch", type=positive_int, help=f"default: {d.epochs}")
-    g.add_argument("--batch-size", "--batch_size", "--bs", dest="batch_size", type=positive_int, help=f"default: {d.batch_size}")
-    g.add_argument("--lr", "--learning-rate", "--learning_rate", dest="lr", type=positive_float, help=f"default: {d.lr}")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {d.optimizer}")
-    g.add_argument("--weight-decay", "--weight_decay", type=nonneg_float, help=f"default: {d.weight_decay}")
-    g.add_argument("--momentum", type=nonneg_float, help=f"SGD only (default: {d.momentum})")
-    g.add_argument("--scheduler", choices=SCHEDULERS, help=f"default: {d.scheduler}")
-    g.add_argument("--bce-weight", type=nonneg_float, help=f"default: {d.bce_weight}")
-    g.add_argument("--dice-weight", type=nonneg_float, help=f"default: {d.dice_weight}")
-    g.add_argument("--grad-clip", type=positive_float, help="clip the total gradient norm to this")
-    g.add_argument("--patience", type=positive_int, help="early stopping after this many epochs without a better valid Dice")
-    g.add_argument("--swa-start", type=positive_int, help="average the weights from this epoch on (SWA; BatchNorm recomputed)")
-    g.add_argument("--swa-lr", type=positive_float, help="constant learning rate during SWA")
-    g.add_argument("--seed", type=nonneg_int, help=f"default: {d.seed}")
-    g.add_argument("--max-train-batches", type=positive_int, help="cap the batches of each epoch (quick tries)")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
-    g.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default: auto = on for CUDA: bf16 where supported, else fp16)")
-    g.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g = p.add_argument_group("output")
-    g.add_argument("--checkpoint-dir", "--checkpoint_dir", type=out_dir, help=f"default: {d.checkpoint_dir}")
-    g.add_argument("--out-dir", "--log-dir", "--out_dir", dest="out_dir", type=out_dir,
-                   help=f"run folders with metrics.csv and TensorBoard logs (default: {d.out_dir})")
-    g.add_argument("--run-name", help="names the run folder and checkpoints (default: the model name)")
-    g.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace the checkpoints and logs of a run of that name (default: keep them and name this run "
-                        "<run-name>-2, -3, ...)")
-    g.add_argument("--resume", type=readable_file, help="continue from this checkpoint (its *_last.pt) where it stopped")
-    g.add_argument("--stop-after-epoch", type=positive_int, help="pause, resumably, after this epoch")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+# the course's spellings (and a few other familiar ones) of `TrainConfig` fields, besides --field-name and --field_name
+TRAIN_FLAG_ALIASES = {"data_root": ["--data-path", "--data_path"], "image_size": ["--size", "--img_size"],
+                      "model": ["--arch"], "epochs": ["--epoch"], "batch_size": ["--bs"],
+                      "lr": ["--learning-rate", "--learning_rate"], "normalization": ["--normalize"],
+                      "checkpoint_dir": ["--out-dir", "--out_dir", "--log-dir"]}
+TRAIN_CHOICES = dict(model=MODEL_NAMES, optimizer=OPTIMIZERS, scheduler=SCHEDULERS, normalization=NORMALIZATIONS,
+                     amp=AMP_MODES, device_augment=("auto", "on", "off"))
+TRAIN_TYPES = dict(images_dir=readable_dir, masks_dir=readable_dir, checkpoint_dir=out_dir, resume=readable_file,
+                   model_kwargs=_json_dict)
+NOT_FLAGS = ("progress", "verbose", "live_plot")   # set by --quiet; live plots are for notebooks
 
-_TRAIN_FIELDS = ("model", "pretrained", "data_root", "images_dir", "masks_dir", "image_size", "augment", "normalization",
-                 "cache", "cache_dir", "num_workers", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum",
-                 "scheduler", "bce_weight", "dice_weight", "grad_clip", "patience", "swa_start", "swa_lr", "seed",
-                 "max_train_batches", "device", "amp", "channels_last", "compile", "checkpoint_dir", "out_dir", "run_name",
-                 "overwrite", "resume", "stop_after_epoch")
+
+# %% ../nbs/07_cli.ipynb #1f3eba6d
+def _flags(name: str) -> list[str]:
+    "--name-with-dashes, --name_with_underscores, then its aliases."
+    return list(dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}", *TRAIN_FLAG_ALIASES.get(name, [])]))
+
+def _add_train_flag(g, f, help_text: str) -> None:
+    "One `petseg train` flag for the `TrainConfig` field `f`, typed from its annotation and documented by its comment."
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    text = help_text if default in (None, False) or "default" in help_text else f"{help_text} (default: {default})"
+    if default is False: g.add_argument(*_flags(f.name), dest=f.name, action="store_true", default=None, help=text)
+    elif default is True: g.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=False,
+                                         help=f"turn off: {help_text}")
+    else:
+        kind = TRAIN_TYPES.get(f.name) or next((t for t in (int, float) if t.__name__ in str(f.type)), str)
+        g.add_argument(*_flags(f.name), dest=f.name, type=kind, choices=TRAIN_CHOICES.get(f.name), help=text)
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    "The `petseg train` flags, one per `TrainConfig` field; only the flags given are passed on (so --resume keeps the run's)."
+    groups, docs = {}, field_help(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NOT_FLAGS: continue
+        section = field_section(f.name)
+        g = groups.get(section) or groups.setdefault(section, p.add_argument_group(section))
+        _add_train_flag(g, f, docs[f.name])
+        if f.name == "model_kwargs": g.add_argument("--features", type=_features, help="UNet channel widths, e.g. 8,16,32,64")
+        if f.name == "data_root": g.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing Oxford-IIIT Pet")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 def train_config_from_args(args) -> TrainConfig:
     "A `TrainConfig` from parsed `petseg train` arguments: the flags given, `TrainConfig`'s defaults for the rest."
-    kw = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k, None) is not None}
-    kw = {k: str(v) if isinstance(v, Path) else v for k, v in kw.items()}
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS]
+    kw = {k: str(v) if isinstance(v, Path) else v for k in names if (v := getattr(args, k, None)) is not None}
     mk = dict(args.model_kwargs or {})
     if args.features: mk["features"] = list(args.features)
     if mk: kw["model_kwargs"] = mk
     if bool(args.images_dir) != bool(args.masks_dir): raise UsageError("--images-dir and --masks-dir go together")
     if args.images_dir and args.data_root: raise UsageError("give --data-root or --images-dir/--masks-dir, not both")
     if not args.resume and not args.images_dir: kw.setdefault("data_root", DATA_ROOT)
+    if kw.get("device_augment") in ("on", "off"): kw["device_augment"] = kw["device_augment"] == "on"
     kw.update(progress=not args.quiet, live_plot=False)
     return TrainConfig(**kw)
 
@@ -224,9 +213,11 @@ def _cmd_train(args) -> int:
     if best: print(f"best valid mean Dice {best['valid_dice']:.4f} at epoch {best['epoch']} ({history.status})")
     for k in ("best", "last", "swa"):
         if k in ck and Path(ck[k]).exists(): print(f"{k:>5} checkpoint: {ck[k]}")
-    if history.run_dir: print(f"  logs: {history.run_dir} (metrics.csv; tensorboard --logdir {history.run_dir})")
+    if history.run_dir: print(f"  logs: {history.run_dir}/metrics.csv; tensorboard --logdir {history.run_dir.parent}")
     return 0
 
+
+# %% ../nbs/07_cli.ipynb #70e23963
 def _cmd_evaluate(args) -> int:
     if bool(args.images_dir) != bool(args.masks_dir): raise UsageError("--images-dir and --masks-dir go together")
     if not args.images_dir and not Path(args.data_root).is_dir():
@@ -278,8 +269,7 @@ def _demo(out: Path, epochs: int, seed: int, device: str, progress: bool) -> dic
                                size=DEMO["data_size"], seed=seed)
     history = train(TrainConfig(data_root=str(root), model="unet", model_kwargs=dict(features=list(DEMO["features"])),
                                 image_size=DEMO["image_size"], epochs=epochs, batch_size=DEMO["batch_size"], lr=DEMO["lr"],
-                                device=device, num_workers=0, seed=seed, out_dir=str(out / "runs"),
-                                checkpoint_dir=str(out / "checkpoints"), run_name="demo", overwrite=True, progress=progress,
+                                device=device, num_workers=0, seed=seed,                                 checkpoint_dir=str(out / "checkpoints"), run_name="demo", overwrite=True, progress=progress,
                                 live_plot=False))
     best = Path(history.checkpoints["best"])
     result = evaluate(best, root, "test", device=device, out_csv=out / "test_per_image.csv", progress=progress)
@@ -323,13 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download)
 
-    p = sub.add_parser("train", help="train a model", description="Train UNet or ResNet34-UNet with BCE + Dice. Checkpoints "
-                       "go to --checkpoint-dir as <run-name>_best.pt (weights, for evaluate and predict) and "
-                       "<run-name>_last.pt (also the optimizer state, for --resume); run name: --run-name, default "
-                       "the model name, with -2, -3, ... added rather than overwrite an earlier run (--overwrite replaces "
-                       "it). Logs (metrics.csv, TensorBoard) go to "
-                       "--out-dir/<run-name>, or <model>-<time> without --run-name. A missing Oxford-IIIT Pet is "
-                       "downloaded first unless --no-download.")
+    p = sub.add_parser("train", help="train a model", description="Train UNet or ResNet34-UNet with BCE + Dice. Everything a "
+                       "run writes goes into one folder, <checkpoint-dir>/<run-name>/: best.pt (weights, for evaluate and "
+                       "predict), last.pt (also the optimizer and callback states, for --resume), swa.pt with SWA, "
+                       "metrics.csv, config.json and TensorBoard events. The run name defaults to the model name, with "
+                       "-2, -3, ... added rather than overwrite an earlier run (--overwrite replaces it). A missing "
+                       "Oxford-IIIT Pet is downloaded first unless --no-download.")
     _add_train_args(p)
     p.set_defaults(func=_cmd_train)
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .data import (IMAGENET_MEAN, IMAGENET_STD, DatasetError, ImageMaskFolder, OxfordPetDataset,
                          PetsegError)
 from .losses import _ratio
-from .train import get_device, model_from_checkpoint
+from .checkpoint import get_device, model_from_checkpoint
 
 # %% auto #0
 __all__ = ['mask_counts', 'dice_from_counts', 'iou_from_counts', 'LoadedModel', 'load_models', 'eval_mode', 'predict_probs',

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .data import IMAGE_EXTS, DatasetError, ImageReadError, PetsegError, load_rgb
 from .evaluate import image_to_input, load_models, predict_probs, upsample_probs
-from .train import get_device
+from .checkpoint import get_device
 
 # %% auto #0
 __all__ = ['collect_images', 'to_rgb', 'mask_outline', 'overlay_mask', 'Prediction', 'Predictions', 'predict']

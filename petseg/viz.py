@@ -28,7 +28,7 @@ from .evaluate import (LoadedModel, dice_from_counts, eval_mode, image_to_input,
 __all__ = ['ERROR_COLORS', 'ERROR_LABELS', 'TRIMAP_COLORS', 'SPECIES_COLORS', 'figure_png', 'register_notebook_display',
            'to_image', 'to_mask', 'error_map', 'error_overlay', 'error_legend', 'trimap_image', 'show_batch',
            'show_augmented', 'plot_predictions', 'ModelSummary', 'model_summary', 'predict_items', 'show_results',
-           'worst_k', 'dice_histogram', 'compare_models', 'SegmentationBrowser', 'browse', 'LivePlot', 'plot_history']
+           'worst_k', 'dice_histogram', 'compare_models', 'SegmentationBrowser', 'browse']
 
 # %% ../nbs/06_viz.ipynb #f317cbd9
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -337,10 +337,6 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 64, 64), 
     rows += [dict(row(n, None), call=0) for n, _ in blocks if n not in seen]
     return ModelSummary(type(model).__name__, tuple(input_size), _shape_of(out), rows,
                         count_parameters(model), count_parameters(model, trainable_only=True))
-
-# %% ../nbs/06_viz.ipynb #9cb74165
-from .train import LivePlot, plot_history
-_all_ = ["LivePlot", "plot_history"]
 
 # %% ../nbs/06_viz.ipynb #61f8ce3f
 def _load(model, size: int | None = None) -> LoadedModel:
