@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -434,11 +434,24 @@ def course_subset(dataset, n: int, seed: int = 0) -> torch.utils.data.Subset:
     picked = np.random.default_rng(seed).permutation(len(dataset))[:n]
     return torch.utils.data.Subset(dataset, sorted(picked.tolist()))
 
-# %% ../nbs/00_data.ipynb #4980c8de
+# %% ../nbs/00_data.ipynb #20aedaac
+def _orientation(im: Image.Image) -> int:
+    "The EXIF orientation of an opened image, 1 to 8 (1: upright as stored; also for a missing or invalid tag)."
+    if im.format == "PNG" and "exif" not in im.info: return 1     # PNG keeps EXIF in a chunk before the pixels
+    try: o = im.getexif().get(0x0112, 1)
+    except Exception: return 1
+    return o if o in range(1, 9) else 1
+
+def _upright(im: Image.Image) -> Image.Image:
+    "`im` as a viewer displays it: rotated or flipped by its EXIF orientation (unchanged without one)."
+    return ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+
 def load_rgb(path) -> np.ndarray:
-    "Read any image file as RGB uint8 (H, W, 3): palette, RGBA, grayscale and CMYK are converted."
+    """Read any image file as RGB uint8 (H, W, 3) the way viewers display it: turned upright by its EXIF orientation;
+    palette, RGBA, grayscale, 16-bit and CMYK are converted."""
     try:
         with Image.open(path) as im:
+            im = _upright(im)
             if im.mode == "P" and "transparency" in im.info: im = im.convert("RGBA")
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):   # 16/32-bit grayscale: scale to 8 bits
                 a = np.asarray(im, dtype=np.float64)
@@ -448,19 +461,40 @@ def load_rgb(path) -> np.ndarray:
     except Exception as e:   # PIL raises many types for bad files (OSError, SyntaxError, ValueError, ...)
         raise ImageReadError(f"Cannot read image {path}: {e}") from e
 
+# %% ../nbs/00_data.ipynb #6c1695e2
 def load_mask_array(path) -> np.ndarray:
-    "Read a single-channel mask or trimap file as a 2-D array (an RGB file is accepted when its channels agree)."
+    "Read a single-channel mask or trimap file as a 2-D array, upright by its EXIF orientation like its image."
     try:
         with Image.open(path) as im:
-            a = np.array(im.convert("L") if im.mode in ("LA", "PA") else im)
+            im = _upright(im)
+            if im.mode == "P" and "transparency" in im.info: im = im.convert("RGBA")
+            mode, a = im.mode, np.array(im)
+            palette = im.getpalette("RGB") if mode in ("P", "PA") else None
     except Exception as e:
         raise ImageReadError(f"Cannot read mask {path}: {e}") from e
+    if mode in ("LA", "PA", "RGBA"):
+        if a[..., -1].min() != a[..., -1].max(): return a[..., -1]   # varying transparency: the alpha channel is the mask
+        a, mode = (a[..., :3], "RGB") if mode == "RGBA" else (a[..., 0], mode[0])   # opaque: the alpha says nothing
+    if mode == "P" and palette:
+        a = _palette_levels(a, np.array(palette, np.uint8).reshape(-1, 3))
+    elif mode in ("I;16", "I;16B", "I;16L", "I") and set(_values(a)) <= {0, 65535}:
+        a = (a // 257).astype(np.uint8)                               # 16-bit black and white: as 0/255
+    elif mode not in ("1", "L", "P", "RGB", "I;16", "I;16B", "I;16L", "I"):
+        raise DatasetError(f"Mask {path} is a {mode} image; save masks as single-channel (grayscale) PNG files.")
     if a.ndim == 3:
-        if not (a[..., :3] == a[..., :1]).all():
+        if not (a == a[..., :1]).all():
             raise DatasetError(f"Mask {path} is a colour image; masks must be single-channel (grayscale PNG).")
         a = a[..., 0]
-    return a
+    return a.astype(np.uint8) if a.dtype == bool else a
 
+def _palette_levels(indices: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    "A palette image's values: the gray levels shown when its used colours are all gray, else the indices (label maps)."
+    used = _values(indices)
+    if used and max(used) < len(palette) and (palette[used] == palette[used][:, :1]).all():
+        return palette[indices, 0]
+    return indices
+
+# %% ../nbs/00_data.ipynb #4b2d3df3
 def _values(a: np.ndarray) -> list[int]:
     return np.flatnonzero(np.bincount(a.ravel(), minlength=256)).tolist() if a.dtype == np.uint8 else np.unique(a).tolist()
 
@@ -495,12 +529,13 @@ def _ends_like_jpeg(path: Path) -> bool:
         return b"\xff\xd9" in f.read()
 
 def probe_image(path, full: bool = False) -> tuple[int, int]:
-    "Check that `path` decodes (cheaply, or by decoding it all when `full`); return (width, height) or raise `ImageReadError`."
+    """Check that `path` decodes (cheaply, or by decoding it all when `full`); return its displayed (width, height), EXIF
+    orientation applied, or raise `ImageReadError`."""
     path = Path(path)
     if not path.is_file(): raise ImageReadError(f"{path} is missing.")
     try:
         with Image.open(path) as im:
-            size, fmt = im.size, im.format
+            size, fmt = (im.size[::-1] if _orientation(im) in (5, 6, 7, 8) else im.size), im.format   # as displayed
             im.verify()                                   # checks PNG chunk CRCs; little for JPEG
         if full or (fmt == "JPEG" and not _ends_like_jpeg(path)):   # no JPEG end marker: maybe truncated, decode it
             with Image.open(path) as im: im.load()

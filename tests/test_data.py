@@ -367,6 +367,88 @@ def test_synthetic_data_is_deterministic_and_official(tmp_path):
         assert set(np.unique(tri)) == {1, 2, 3}
 
 
+# ---------------------------------------------------------------- images as displayed, masks in any encoding
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif(); exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def _stored_for_orientation_6(a: np.ndarray) -> np.ndarray:
+    "The pixels a camera stores for an upright picture `a` when it tags the file with EXIF orientation 6."
+    return np.rot90(a, k=1).copy()           # viewers turn orientation 6 by 90 degrees clockwise back to `a`
+
+
+def test_exif_orientation_turns_images_upright_everywhere(pets_copy, tmp_path):
+    name = read_split(pets_copy, "test")[0]
+    path = pets_copy / "images" / f"{name}.jpg"
+    upright = load_rgb(path)
+    Image.fromarray(_stored_for_orientation_6(upright)).save(path, quality=95, exif=_exif(6))
+    assert load_rgb(path).shape == upright.shape and np.abs(load_rgb(path).astype(int) - upright).mean() < 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkippedFilesWarning)          # the size check sees the displayed size
+        ds = OxfordPetDataset(pets_copy, "test")
+        cached = OxfordPetDataset(pets_copy, "test", cache_size=32, cache_dir=tmp_path / "cache", progress=False)
+    i = ds.names.index(name)
+    assert ds.load(i)[0].shape[:2] == ds.load(i)[1].shape
+    assert np.abs(cached.load(i)[0].astype(int) - resize_pair(upright, ds.load(i)[1], 32)[0]).mean() < 4
+
+
+def test_exif_orientation_of_a_mask_file_is_applied_too(synthetic_root, tmp_path):
+    images, masks = _folder(synthetic_root, tmp_path, n=2)
+    name = sorted(p.stem for p in images.iterdir())[0]
+    upright = np.array(Image.open(masks / f"{name}.png"))
+    for path, a in ((images / f"{name}.jpg", load_rgb(images / f"{name}.jpg")), (masks / f"{name}.jpg", upright)):
+        Image.fromarray(_stored_for_orientation_6(a)).save(path.with_suffix(".jpg"), quality=100, exif=_exif(6))
+    (masks / f"{name}.png").unlink()
+    with pytest.raises(DatasetError, match="0/1 or 0/255"):                 # JPEG blurs a mask, but it is upright:
+        ImageMaskFolder(images, masks)[0]
+    assert np.abs(load_mask_array(masks / f"{name}.jpg").astype(int) - upright).mean() < 8
+
+
+def _mask_files(m: np.ndarray) -> dict[str, Image.Image]:
+    "One binary mask `m` (0/1) in the encodings image editors produce."
+    h, w = m.shape
+    def palette(colours, index):
+        im = Image.fromarray(index.astype(np.uint8), "L").convert("P")
+        im.putpalette(colours + [0] * (768 - len(colours))); return im
+    return {
+        "RGBA, black, mask in alpha": Image.fromarray(np.dstack([np.zeros((h, w, 3), np.uint8), m * 255]), "RGBA"),
+        "RGBA cut-out, mask in alpha": Image.fromarray(np.dstack([np.full((h, w, 3), 90, np.uint8), m * 255]), "RGBA"),
+        "RGBA, opaque gray": Image.fromarray(np.dstack([np.repeat(m[..., None] * 255, 3, -1), np.full((h, w), 255, np.uint8)]), "RGBA"),
+        "LA, mask in alpha": Image.fromarray(np.dstack([np.zeros((h, w), np.uint8), m * 255]), "LA"),
+        "16-bit 0/65535": Image.fromarray(m.astype(np.uint16) * 65535),
+        "palette, white first": palette([255, 255, 255, 0, 0, 0], 1 - m),
+        "palette, colour labels": palette([0, 0, 0, 128, 0, 0], m),
+        "1-bit": Image.fromarray(m.astype(bool)),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_mask_files(np.zeros((2, 2), np.uint8))))
+def test_unusual_mask_encodings_are_read_correctly(synthetic_root, tmp_path, kind):
+    images, masks = _folder(synthetic_root, tmp_path, n=3)
+    expected = {}
+    for p in sorted(masks.iterdir()):
+        expected[p.stem] = binary_mask(load_mask_array(p))
+        _mask_files(expected[p.stem])[kind].save(p)
+    ds = ImageMaskFolder(images, masks)
+    for i, name in enumerate(ds.names):
+        assert np.array_equal(ds[i]["mask"], expected[name]), (kind, name)
+    cached = ImageMaskFolder(images, masks, cache_size=16, cache_dir=tmp_path / "c", progress=False)
+    assert all(cached.load(i)[1].any() for i in range(len(cached)))
+
+
+@pytest.mark.parametrize("kind", ["soft alpha", "CMYK"])
+def test_masks_that_cannot_be_read_unambiguously_are_refused(tmp_path, kind):
+    m = np.zeros((8, 8), np.uint8); m[2:6, 2:6] = 255; m[2, 2] = 128
+    path = tmp_path / ("m.png" if kind == "soft alpha" else "m.jpg")
+    if kind == "soft alpha": Image.fromarray(np.dstack([np.zeros((8, 8, 3), np.uint8), m]), "RGBA").save(path)
+    else: Image.fromarray(m).convert("CMYK").save(path)
+    with pytest.raises(DatasetError, match="m.(png|jpg)") as e:
+        binary_mask(load_mask_array(path), path)
+    assert ("values [0, 128, 255]" if kind == "soft alpha" else "CMYK") in str(e.value)
+
+
 # ---------------------------------------------------------------- the real sample
 
 def test_sample_split_sizes(sample_root):
