@@ -105,6 +105,29 @@ def test_corrupt_files_are_skipped_with_one_warning(pets_copy, validate):
     assert sum(len(b["name"]) for b in loader) == 14
 
 
+def _scramble_middle_third(path: Path) -> None:
+    "Overwrite the middle third of a file with random bytes (seeded): header and end marker stay intact."
+    data = bytearray(path.read_bytes()); n = len(data)
+    data[n // 3: 2 * n // 3] = np.random.default_rng(0).integers(0, 256, 2 * n // 3 - n // 3, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_jpeg_with_random_bytes_in_the_middle_is_found(pets_copy, num_workers):
+    name = read_split(pets_copy, "train")[2]
+    path = pets_copy / "images" / f"{name}.jpg"
+    _scramble_middle_third(path)
+    with pytest.warns(SkippedFilesWarning, match=name):                        # the cheap check finds it
+        ds = OxfordPetDataset(pets_copy, "train", transform=eval_transforms(32))
+    assert name not in ds.names and len(ds) == 17
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=num_workers)
+    assert sum(len(b["name"]) for b in loader) == 17
+    unchecked = OxfordPetDataset(pets_copy, "train", transform=eval_transforms(32), validate=False)
+    loader = torch.utils.data.DataLoader(unchecked, batch_size=18, num_workers=num_workers)
+    with pytest.raises(ImageReadError, match=str(path)):                      # unchecked: the read names the file
+        next(iter(loader))
+
+
 def test_corrupt_files_are_skipped_by_the_cache(pets_copy, tmp_path):
     bad = _damage(pets_copy)
     for attempt in ("build", "reuse"):
