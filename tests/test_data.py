@@ -294,6 +294,87 @@ def test_cached_dataset_pickles_without_its_arrays(synthetic_root, tmp_path):
     assert np.array_equal(clone[5]["image"], ds[5]["image"])
 
 
+_SLOW_BUILD = """
+import sys, time
+from pathlib import Path
+import petseg.data as d
+root, cache, started, go = map(Path, sys.argv[1:5])
+write = d._write
+def held_write(f, data):                  # the first build signals that it started, then waits for the test's go
+    started.touch()
+    deadline = time.time() + 60
+    while not go.exists() and time.time() < deadline: time.sleep(0.05)
+    write(f, data)
+d._write = held_write
+images, masks, names = d.cached_arrays(root, "train", 24, cache_dir=cache, progress=False)
+print(len(names), int(images.sum()), int(masks.sum()))
+"""
+
+
+def test_two_processes_building_one_cache_take_turns(pets_copy, tmp_path):
+    import subprocess, sys, time
+    cache, started, go = tmp_path / "cache", tmp_path / "started", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", _SLOW_BUILD, str(pets_copy), str(cache), str(started), str(go)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline and first.poll() is None: time.sleep(0.05)
+    assert started.exists(), first.communicate()
+    with open(tmp_path / "second.err", "w") as err:
+        second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        while "waiting" not in (tmp_path / "second.err").read_text() and time.time() < deadline and second.poll() is None:
+            time.sleep(0.05)
+        go.touch()
+        out2, _ = second.communicate(timeout=120)
+    out1, err1 = first.communicate(timeout=120)
+    err2 = (tmp_path / "second.err").read_text()
+    assert first.returncode == 0 and second.returncode == 0, (err1, err2)
+    assert "Another process is building the cache" in err2 and str(cache) in err2
+    assert out1 == out2 and out1.split()[0] == "18"
+    assert len(list(cache.glob("*.npy"))) == 2 and not list(cache.glob(".tmp-*"))
+
+
+def test_cache_arrays_in_use_are_not_deleted_by_a_rebuild(pets_copy, tmp_path):
+    cache = tmp_path / "cache"
+    first = OxfordPetDataset(pets_copy, "valid", cache_size=16, cache_dir=cache, progress=False)
+    worker_copy = pickle.dumps(first)                          # what a DataLoader worker receives
+    trimap = pets_copy / "annotations" / "trimaps" / f"{first.names[0]}.png"
+    Image.fromarray(np.full(np.array(Image.open(trimap)).shape, 2, np.uint8)).save(trimap)
+    second = OxfordPetDataset(pets_copy, "valid", cache_size=16, cache_dir=cache, progress=False)   # stale: rebuilt
+    assert not second.load(0)[1].any()
+    assert pickle.loads(worker_copy).load(0)[1].any()          # the first one's arrays are still there to reopen
+    assert len(list(cache.glob("*.npy"))) == 4
+    del first
+    os.utime(trimap, ns=(1, 1))                                # stale again: this rebuild may delete unused arrays
+    third = OxfordPetDataset(pets_copy, "valid", cache_size=16, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npy"))) == 4 and np.array_equal(second.load(0)[1], third.load(0)[1])
+    del second
+    os.utime(trimap, ns=(2, 2))
+    OxfordPetDataset(pets_copy, "valid", cache_size=16, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npy"))) == 4                 # the third and the fourth build's
+    del third
+
+
+def test_full_disk_while_building_the_cache(pets_copy, tmp_path, monkeypatch):
+    import errno
+    import petseg.data as data
+    cache = tmp_path / "cache"; cache.mkdir()
+    (cache / ".tmp-oxford-train-24-deadbeef-images.npy").write_bytes(bytes(70))    # left by a killed build
+    write, calls = data._write, []
+    def full_disk(f, chunk):
+        calls.append(1)
+        if len(calls) > 6: raise OSError(errno.ENOSPC, "No space left on device")
+        write(f, chunk)
+    monkeypatch.setattr(data, "_write", full_disk)
+    with pytest.raises(DatasetError, match="No space left on device") as e:
+        cached_arrays(pets_copy, "train", 24, cache_dir=cache, progress=False)
+    assert str(cache) in str(e.value) and "cache_dir" in str(e.value)
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == []    # no temporary files left
+    monkeypatch.setattr(data, "_write", write)
+    images, _, names = cached_arrays(pets_copy, "train", 24, cache_dir=cache, progress=False)
+    assert len(names) == len(images) == 18
+
+
 # ---------------------------------------------------------------- a user's own folders
 
 def _folder(synthetic_root: Path, tmp_path: Path, scale: int = 255, n: int = 5) -> tuple[Path, Path]:
