@@ -5,18 +5,22 @@
 # %% ../nbs/00_data.ipynb #22e6db9f
 from __future__ import annotations
 
-import hashlib, http.client, json, os, re, shutil, tarfile, tempfile, urllib.error, urllib.request, uuid, warnings
+import hashlib, http.client, io, json, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.request, uuid, warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+try: import fcntl                                   # file locks for the cache (POSIX)
+except ImportError: fcntl = None
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -434,11 +438,24 @@ def course_subset(dataset, n: int, seed: int = 0) -> torch.utils.data.Subset:
     picked = np.random.default_rng(seed).permutation(len(dataset))[:n]
     return torch.utils.data.Subset(dataset, sorted(picked.tolist()))
 
-# %% ../nbs/00_data.ipynb #4980c8de
+# %% ../nbs/00_data.ipynb #20aedaac
+def _orientation(im: Image.Image) -> int:
+    "The EXIF orientation of an opened image, 1 to 8 (1: upright as stored; also for a missing or invalid tag)."
+    if im.format == "PNG" and "exif" not in im.info: return 1     # PNG keeps EXIF in a chunk before the pixels
+    try: o = im.getexif().get(0x0112, 1)
+    except Exception: return 1
+    return o if o in range(1, 9) else 1
+
+def _upright(im: Image.Image) -> Image.Image:
+    "`im` as a viewer displays it: rotated or flipped by its EXIF orientation (unchanged without one)."
+    return ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+
 def load_rgb(path) -> np.ndarray:
-    "Read any image file as RGB uint8 (H, W, 3): palette, RGBA, grayscale and CMYK are converted."
+    """Read any image file as RGB uint8 (H, W, 3) the way viewers display it: turned upright by its EXIF orientation;
+    palette, RGBA, grayscale, 16-bit and CMYK are converted."""
     try:
         with Image.open(path) as im:
+            im = _upright(im)
             if im.mode == "P" and "transparency" in im.info: im = im.convert("RGBA")
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):   # 16/32-bit grayscale: scale to 8 bits
                 a = np.asarray(im, dtype=np.float64)
@@ -448,19 +465,40 @@ def load_rgb(path) -> np.ndarray:
     except Exception as e:   # PIL raises many types for bad files (OSError, SyntaxError, ValueError, ...)
         raise ImageReadError(f"Cannot read image {path}: {e}") from e
 
+# %% ../nbs/00_data.ipynb #6c1695e2
 def load_mask_array(path) -> np.ndarray:
-    "Read a single-channel mask or trimap file as a 2-D array (an RGB file is accepted when its channels agree)."
+    "Read a single-channel mask or trimap file as a 2-D array, upright by its EXIF orientation like its image."
     try:
         with Image.open(path) as im:
-            a = np.array(im.convert("L") if im.mode in ("LA", "PA") else im)
+            im = _upright(im)
+            if im.mode == "P" and "transparency" in im.info: im = im.convert("RGBA")
+            mode, a = im.mode, np.array(im)
+            palette = im.getpalette("RGB") if mode in ("P", "PA") else None
     except Exception as e:
         raise ImageReadError(f"Cannot read mask {path}: {e}") from e
+    if mode in ("LA", "PA", "RGBA"):
+        if a[..., -1].min() != a[..., -1].max(): return a[..., -1]   # varying transparency: the alpha channel is the mask
+        a, mode = (a[..., :3], "RGB") if mode == "RGBA" else (a[..., 0], mode[0])   # opaque: the alpha says nothing
+    if mode == "P" and palette:
+        a = _palette_levels(a, np.array(palette, np.uint8).reshape(-1, 3))
+    elif mode in ("I;16", "I;16B", "I;16L", "I") and set(_values(a)) <= {0, 65535}:
+        a = (a // 257).astype(np.uint8)                               # 16-bit black and white: as 0/255
+    elif mode not in ("1", "L", "P", "RGB", "I;16", "I;16B", "I;16L", "I"):
+        raise DatasetError(f"Mask {path} is a {mode} image; save masks as single-channel (grayscale) PNG files.")
     if a.ndim == 3:
-        if not (a[..., :3] == a[..., :1]).all():
+        if not (a == a[..., :1]).all():
             raise DatasetError(f"Mask {path} is a colour image; masks must be single-channel (grayscale PNG).")
         a = a[..., 0]
-    return a
+    return a.astype(np.uint8) if a.dtype == bool else a
 
+def _palette_levels(indices: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    "A palette image's values: the gray levels shown when its used colours are all gray, else the indices (label maps)."
+    used = _values(indices)
+    if used and max(used) < len(palette) and (palette[used] == palette[used][:, :1]).all():
+        return palette[indices, 0]
+    return indices
+
+# %% ../nbs/00_data.ipynb #4b2d3df3
 def _values(a: np.ndarray) -> list[int]:
     return np.flatnonzero(np.bincount(a.ravel(), minlength=256)).tolist() if a.dtype == np.uint8 else np.unique(a).tolist()
 
@@ -489,21 +527,19 @@ def _binary_mask_file(path) -> np.ndarray:
     return binary_mask(load_mask_array(path), path)
 
 # %% ../nbs/00_data.ipynb #b00aece8
-def _ends_like_jpeg(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 64))
-        return b"\xff\xd9" in f.read()
-
 def probe_image(path, full: bool = False) -> tuple[int, int]:
-    "Check that `path` decodes (cheaply, or by decoding it all when `full`); return (width, height) or raise `ImageReadError`."
+    """Check that `path` decodes (cheaply, or by decoding it all when `full`); return its displayed (width, height), EXIF
+    orientation applied, or raise `ImageReadError`."""
     path = Path(path)
     if not path.is_file(): raise ImageReadError(f"{path} is missing.")
     try:
         with Image.open(path) as im:
-            size, fmt = im.size, im.format
-            im.verify()                                   # checks PNG chunk CRCs; little for JPEG
-        if full or (fmt == "JPEG" and not _ends_like_jpeg(path)):   # no JPEG end marker: maybe truncated, decode it
-            with Image.open(path) as im: im.load()
+            size, fmt = (im.size[::-1] if _orientation(im) in (5, 6, 7, 8) else im.size), im.format   # as displayed
+            im.verify()                                   # checks PNG chunk CRCs
+        if full or fmt == "JPEG":                         # verify() cannot see damage inside JPEG data: decode it,
+            with Image.open(path) as im:                  # at 1/8 scale unless `full` (every byte, about half the cost)
+                if not full: im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
     except Exception as e:
         raise ImageReadError(f"Cannot read {path}: {e}") from e
     return size
@@ -632,7 +668,7 @@ def compute_mean_std(dataset, max_items: int | None = None) -> tuple[tuple[float
     std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0))
     return tuple(mean.round(6).tolist()), tuple(std.round(6).tolist())
 
-# %% ../nbs/00_data.ipynb #e5aeae21
+# %% ../nbs/00_data.ipynb #a052b1e2
 CACHE_VERSION = 1
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -650,18 +686,28 @@ def _fingerprint(pairs: list) -> str:
             except OSError: h.update(b":missing")
     return h.hexdigest()
 
+def _open_shared(path: Path):
+    """Memory-map the .npy array `path` read-only; the returned open file holds a shared lock on it, which keeps a later
+    build from deleting it (keep the file while the arrays may be reopened, e.g. by DataLoader workers)."""
+    f = open(path, "rb")
+    try:
+        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_SH)
+        return np.load(path, mmap_mode="r"), f          # (a map stays valid even if the file is deleted later)
+    except BaseException:
+        f.close(); raise
+
 class _Cache:
     "The cached arrays of one split: opened lazily in each process (memory maps are not sent to DataLoader workers)."
     def __init__(self, folder: Path, manifest: dict):
         self.folder, self.manifest = folder, manifest
         self.names, self.skipped = manifest["names"], manifest["skipped"]
-        self._arrays = None
+        self._arrays, self._files = None, ()
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._arrays is None:
             n, s = len(self.names), self.manifest["size"]
-            images = np.load(self.folder / self.manifest["images"], mmap_mode="r")
-            masks = np.load(self.folder / self.manifest["masks"], mmap_mode="r")
+            (images, fi), (masks, fm) = [_open_shared(self.folder / self.manifest[k]) for k in ("images", "masks")]
+            self._files = (fi, fm)                      # their shared locks keep a later build from deleting them
             if images.shape[1:] != (s, s, 3) or masks.shape[1:] != (s, s) or len(images) < n or len(masks) < n:
                 raise ValueError("cache arrays do not match their manifest")
             self._arrays = images[:n], masks[:n]
@@ -671,59 +717,113 @@ class _Cache:
         images, masks = self.arrays()
         return np.array(images[i]), np.array(masks[i])
 
-    def __getstate__(self): return {**self.__dict__, "_arrays": None}
+    def __getstate__(self): return {**self.__dict__, "_arrays": None, "_files": ()}
+    def __del__(self):
+        for f in getattr(self, "_files", ()): f.close()      # releases the shared locks
+
+
+# %% ../nbs/00_data.ipynb #989eaaee
+def _write(f, data: bytes) -> None:
+    "Append `data` to an open cache file with an ordinary write (a full disk raises OSError, never SIGBUS)."
+    f.write(data)
+
+def _npy_header(shape: tuple) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+@contextmanager
+def _build_lock(folder: Path, key: str):
+    "Hold `<key>.lock` in `folder` so that one process at a time builds this cache; say so when waiting for another."
+    if fcntl is None: yield; return                     # no flock (Windows): builds are not serialised
+    try: f = open(folder / f"{key}.lock", "a+b")
+    except OSError as e:
+        raise DatasetError(f"Cannot write the cache in {folder} ({e}); pass cache_dir= a writable folder.") from e
+    with f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Another process is building the cache {key} in {folder}; waiting for it to finish "
+                  f"(lock file {f.name}).", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+def _remove_unused_arrays(folder: Path, key: str, keep: set) -> None:
+    "Delete this key's arrays of earlier builds, except those some process still has open, and stale temporaries."
+    for stale in folder.glob(f".tmp-{key}-*"): stale.unlink(missing_ok=True)     # left by a killed build
+    for old in folder.glob(f"{key}-*-*.npy"):
+        if old.name in keep: continue
+        try:
+            with open(old, "rb") as f:
+                if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                old.unlink()
+        except OSError: pass                      # in use (a later build removes it), already gone, or not ours to delete
+
+# %% ../nbs/00_data.ipynb #38dac38d
+def _write_arrays(pairs: list, mask_fn: Callable, size: int, folder: Path, stem: str, progress: bool):
+    "Decode, resize and write `pairs` as `<stem>-images.npy` / `-masks.npy`; return (file names, kept names, skipped)."
+    files = {"images": f"{stem}-images.npy", "masks": f"{stem}-masks.npy"}
+    tmp = {k: folder / f".tmp-{v}" for k, v in files.items()}
+    def work(pair):
+        name, image_path, mask_path = pair
+        try: image, mask = load_rgb(image_path), mask_fn(mask_path)
+        except ImageReadError as e: return str(e)
+        return _size_mismatch(image_path, mask_path, image.shape[1::-1], mask.shape[::-1]) or resize_pair(image, mask, size)
+    names, skipped, ex = [], {}, ThreadPoolExecutor(os.cpu_count() or 1)
+    try:
+        with open(tmp["images"], "wb") as fi, open(tmp["masks"], "wb") as fm:
+            _write(fi, _npy_header((len(pairs), size, size, 3))); _write(fm, _npy_header((len(pairs), size, size)))
+            for pair, res in tqdm(zip(pairs, ex.map(work, pairs)), total=len(pairs), desc=f"caching {stem[:-9]}",
+                                  disable=not progress, leave=False):
+                if isinstance(res, str): skipped[pair[0]] = res; continue
+                _write(fi, np.ascontiguousarray(res[0]).tobytes()); _write(fm, np.ascontiguousarray(res[1]).tobytes())
+                names.append(pair[0])
+            pad = len(pairs) - len(names)                # rows of skipped pairs: zeros, never read
+            _write(fi, bytes(pad * size * size * 3)); _write(fm, bytes(pad * size * size))
+        for k in files: os.replace(tmp[k], folder / files[k])
+    except OSError as e:
+        raise DatasetError(f"Cannot write the cache in {folder}: {e.strerror or e}. Free some space there or pass "
+                           f"cache_dir= a folder with room (about {len(pairs) * size * size * 4 / 1e6:.0f} MB).") from e
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+        for p in tmp.values(): p.unlink(missing_ok=True)
+    return files, names, skipped
+
+# %% ../nbs/00_data.ipynb #5d855147
+def _current_cache(folder: Path, key: str, fp: str, all_names: list, size: int) -> _Cache | None:
+    "The cache `key` in `folder` when its manifest matches the files and its arrays open; else None."
+    try:
+        m = json.loads((folder / f"{key}.json").read_text())
+        if (m.get("version"), m.get("size"), m.get("fingerprint"), m.get("all_names")) == (CACHE_VERSION, size, fp, all_names):
+            cache = _Cache(folder, m); cache.arrays()
+            return cache
+    except (OSError, ValueError, KeyError, TypeError): pass          # no cache yet, or a damaged one
+    return None
 
 def _cache_for(pairs: list, mask_fn: Callable, size: int, folder: Path, key: str, progress: bool = True) -> _Cache:
     "The cache of `pairs` (name, image path, mask path) at `size` under `folder`/`key`: reused when current, else built."
     if size < 1: raise ValueError(f"cache size must be a positive number of pixels, got {size}.")
-    key = f"{key}-{size}"
-    manifest_path, fp = folder / f"{key}.json", _fingerprint(pairs)
-    try:
-        m = json.loads(manifest_path.read_text())
-        if (m.get("version"), m.get("size"), m.get("fingerprint"), m.get("all_names")) == \
-           (CACHE_VERSION, size, fp, [p[0] for p in pairs]):
-            cache = _Cache(folder, m); cache.arrays()
-            return cache
-    except (OSError, ValueError, KeyError, TypeError): pass          # no cache yet, or a damaged one: build it
+    key, fp, all_names = f"{key}-{size}", _fingerprint(pairs), [p[0] for p in pairs]
+    if cache := _current_cache(folder, key, fp, all_names, size): return cache
     try: folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DatasetError(f"Cannot create the cache folder {folder} ({e}); pass cache_dir= a writable folder.") from e
-    build = uuid.uuid4().hex[:8]
-    files = {"images": f"{key}-{build}-images.npy", "masks": f"{key}-{build}-masks.npy"}
-    tmp = {k: folder / f".tmp-{v}" for k, v in files.items()}
-    try:
-        try:
-            images = np.lib.format.open_memmap(tmp["images"], mode="w+", dtype=np.uint8, shape=(len(pairs), size, size, 3))
-            masks = np.lib.format.open_memmap(tmp["masks"], mode="w+", dtype=np.uint8, shape=(len(pairs), size, size))
-        except OSError as e:
-            raise DatasetError(f"Cannot write the cache in {folder} ({e}); pass cache_dir= a writable folder.") from e
-        def work(pair):
-            name, image_path, mask_path = pair
-            try: image, mask = load_rgb(image_path), mask_fn(mask_path)
-            except ImageReadError as e: return str(e)
-            problem = _size_mismatch(image_path, mask_path, image.shape[1::-1], mask.shape[::-1])
-            return problem or resize_pair(image, mask, size)
-        names, skipped = [], {}
-        with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
-            results = ex.map(work, pairs)
-            for pair, res in tqdm(zip(pairs, results), total=len(pairs), desc=f"caching {key}", disable=not progress,
-                                  leave=False):
-                if isinstance(res, str): skipped[pair[0]] = res; continue
-                images[len(names)], masks[len(names)] = res
-                names.append(pair[0])
-        images.flush(); masks.flush(); del images, masks
-        for k in files: os.replace(tmp[k], folder / files[k])
-        manifest = dict(version=CACHE_VERSION, size=size, fingerprint=fp, all_names=[p[0] for p in pairs],
+    with _build_lock(folder, key):
+        if cache := _current_cache(folder, key, fp, all_names, size): return cache   # built while we waited
+        _remove_unused_arrays(folder, key, keep=set())                               # a killed build's leftovers
+        build = uuid.uuid4().hex[:8]
+        files, names, skipped = _write_arrays(pairs, mask_fn, size, folder, f"{key}-{build}", progress)
+        manifest = dict(version=CACHE_VERSION, size=size, fingerprint=fp, all_names=all_names,
                         names=names, skipped=skipped, **files)
         tmp_manifest = folder / f".tmp-{key}-{build}.json"
-        tmp_manifest.write_text(json.dumps(manifest))
-        os.replace(tmp_manifest, manifest_path)                      # the commit point
-    except BaseException:
-        for p in tmp.values(): p.unlink(missing_ok=True)
-        raise
-    for old in folder.glob(f"{key}-*-*.npy"):                          # arrays of earlier builds of this key
-        if old.name not in files.values(): old.unlink(missing_ok=True)
-    return _Cache(folder, manifest)
+        try:
+            tmp_manifest.write_text(json.dumps(manifest))
+            os.replace(tmp_manifest, folder / f"{key}.json")                         # the commit point
+        except OSError as e:
+            for p in [tmp_manifest, *(folder / f for f in files.values())]: p.unlink(missing_ok=True)
+            raise DatasetError(f"Cannot write the cache manifest in {folder}: {e.strerror or e}.") from e
+        cache = _Cache(folder, manifest); cache.arrays()          # open (and lock) ours before sweeping older ones
+        _remove_unused_arrays(folder, key, keep=set(files.values()))
+    return cache
 
 def cached_arrays(root, split: str, size: int, cache_dir=None,
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:

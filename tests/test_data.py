@@ -105,6 +105,29 @@ def test_corrupt_files_are_skipped_with_one_warning(pets_copy, validate):
     assert sum(len(b["name"]) for b in loader) == 14
 
 
+def _scramble_middle_third(path: Path) -> None:
+    "Overwrite the middle third of a file with random bytes (seeded): header and end marker stay intact."
+    data = bytearray(path.read_bytes()); n = len(data)
+    data[n // 3: 2 * n // 3] = np.random.default_rng(0).integers(0, 256, 2 * n // 3 - n // 3, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_jpeg_with_random_bytes_in_the_middle_is_found(pets_copy, num_workers):
+    name = read_split(pets_copy, "train")[2]
+    path = pets_copy / "images" / f"{name}.jpg"
+    _scramble_middle_third(path)
+    with pytest.warns(SkippedFilesWarning, match=name):                        # the cheap check finds it
+        ds = OxfordPetDataset(pets_copy, "train", transform=eval_transforms(32))
+    assert name not in ds.names and len(ds) == 17
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=num_workers)
+    assert sum(len(b["name"]) for b in loader) == 17
+    unchecked = OxfordPetDataset(pets_copy, "train", transform=eval_transforms(32), validate=False)
+    loader = torch.utils.data.DataLoader(unchecked, batch_size=18, num_workers=num_workers)
+    with pytest.raises(ImageReadError, match=str(path)):                      # unchecked: the read names the file
+        next(iter(loader))
+
+
 def test_corrupt_files_are_skipped_by_the_cache(pets_copy, tmp_path):
     bad = _damage(pets_copy)
     for attempt in ("build", "reuse"):
@@ -271,6 +294,87 @@ def test_cached_dataset_pickles_without_its_arrays(synthetic_root, tmp_path):
     assert np.array_equal(clone[5]["image"], ds[5]["image"])
 
 
+_SLOW_BUILD = """
+import sys, time
+from pathlib import Path
+import petseg.data as d
+root, cache, started, go = map(Path, sys.argv[1:5])
+write = d._write
+def held_write(f, data):                  # the first build signals that it started, then waits for the test's go
+    started.touch()
+    deadline = time.time() + 60
+    while not go.exists() and time.time() < deadline: time.sleep(0.05)
+    write(f, data)
+d._write = held_write
+images, masks, names = d.cached_arrays(root, "train", 24, cache_dir=cache, progress=False)
+print(len(names), int(images.sum()), int(masks.sum()))
+"""
+
+
+def test_two_processes_building_one_cache_take_turns(pets_copy, tmp_path):
+    import subprocess, sys, time
+    cache, started, go = tmp_path / "cache", tmp_path / "started", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", _SLOW_BUILD, str(pets_copy), str(cache), str(started), str(go)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline and first.poll() is None: time.sleep(0.05)
+    assert started.exists(), first.communicate()
+    with open(tmp_path / "second.err", "w") as err:
+        second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        while "waiting" not in (tmp_path / "second.err").read_text() and time.time() < deadline and second.poll() is None:
+            time.sleep(0.05)
+        go.touch()
+        out2, _ = second.communicate(timeout=120)
+    out1, err1 = first.communicate(timeout=120)
+    err2 = (tmp_path / "second.err").read_text()
+    assert first.returncode == 0 and second.returncode == 0, (err1, err2)
+    assert "Another process is building the cache" in err2 and str(cache) in err2
+    assert out1 == out2 and out1.split()[0] == "18"
+    assert len(list(cache.glob("*.npy"))) == 2 and not list(cache.glob(".tmp-*"))
+
+
+def test_cache_arrays_in_use_are_not_deleted_by_a_rebuild(pets_copy, tmp_path):
+    cache = tmp_path / "cache"
+    first = OxfordPetDataset(pets_copy, "valid", cache_size=16, cache_dir=cache, progress=False)
+    worker_copy = pickle.dumps(first)                          # what a DataLoader worker receives
+    trimap = pets_copy / "annotations" / "trimaps" / f"{first.names[0]}.png"
+    Image.fromarray(np.full(np.array(Image.open(trimap)).shape, 2, np.uint8)).save(trimap)
+    second = OxfordPetDataset(pets_copy, "valid", cache_size=16, cache_dir=cache, progress=False)   # stale: rebuilt
+    assert not second.load(0)[1].any()
+    assert pickle.loads(worker_copy).load(0)[1].any()          # the first one's arrays are still there to reopen
+    assert len(list(cache.glob("*.npy"))) == 4
+    del first
+    os.utime(trimap, ns=(1, 1))                                # stale again: this rebuild may delete unused arrays
+    third = OxfordPetDataset(pets_copy, "valid", cache_size=16, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npy"))) == 4 and np.array_equal(second.load(0)[1], third.load(0)[1])
+    del second
+    os.utime(trimap, ns=(2, 2))
+    OxfordPetDataset(pets_copy, "valid", cache_size=16, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npy"))) == 4                 # the third and the fourth build's
+    del third
+
+
+def test_full_disk_while_building_the_cache(pets_copy, tmp_path, monkeypatch):
+    import errno
+    import petseg.data as data
+    cache = tmp_path / "cache"; cache.mkdir()
+    (cache / ".tmp-oxford-train-24-deadbeef-images.npy").write_bytes(bytes(70))    # left by a killed build
+    write, calls = data._write, []
+    def full_disk(f, chunk):
+        calls.append(1)
+        if len(calls) > 6: raise OSError(errno.ENOSPC, "No space left on device")
+        write(f, chunk)
+    monkeypatch.setattr(data, "_write", full_disk)
+    with pytest.raises(DatasetError, match="No space left on device") as e:
+        cached_arrays(pets_copy, "train", 24, cache_dir=cache, progress=False)
+    assert str(cache) in str(e.value) and "cache_dir" in str(e.value)
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == []    # no temporary files left
+    monkeypatch.setattr(data, "_write", write)
+    images, _, names = cached_arrays(pets_copy, "train", 24, cache_dir=cache, progress=False)
+    assert len(names) == len(images) == 18
+
+
 # ---------------------------------------------------------------- a user's own folders
 
 def _folder(synthetic_root: Path, tmp_path: Path, scale: int = 255, n: int = 5) -> tuple[Path, Path]:
@@ -365,6 +469,88 @@ def test_synthetic_data_is_deterministic_and_official(tmp_path):
         img, tri = Image.open(a / "images" / f"{name}.jpg"), np.array(Image.open(a / "annotations/trimaps" / f"{name}.png"))
         assert img.format == "JPEG" and img.mode == "RGB" and img.size[::-1] == tri.shape and max(img.size) == 40
         assert set(np.unique(tri)) == {1, 2, 3}
+
+
+# ---------------------------------------------------------------- images as displayed, masks in any encoding
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif(); exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def _stored_for_orientation_6(a: np.ndarray) -> np.ndarray:
+    "The pixels a camera stores for an upright picture `a` when it tags the file with EXIF orientation 6."
+    return np.rot90(a, k=1).copy()           # viewers turn orientation 6 by 90 degrees clockwise back to `a`
+
+
+def test_exif_orientation_turns_images_upright_everywhere(pets_copy, tmp_path):
+    name = read_split(pets_copy, "test")[0]
+    path = pets_copy / "images" / f"{name}.jpg"
+    upright = load_rgb(path)
+    Image.fromarray(_stored_for_orientation_6(upright)).save(path, quality=95, exif=_exif(6))
+    assert load_rgb(path).shape == upright.shape and np.abs(load_rgb(path).astype(int) - upright).mean() < 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkippedFilesWarning)          # the size check sees the displayed size
+        ds = OxfordPetDataset(pets_copy, "test")
+        cached = OxfordPetDataset(pets_copy, "test", cache_size=32, cache_dir=tmp_path / "cache", progress=False)
+    i = ds.names.index(name)
+    assert ds.load(i)[0].shape[:2] == ds.load(i)[1].shape
+    assert np.abs(cached.load(i)[0].astype(int) - resize_pair(upright, ds.load(i)[1], 32)[0]).mean() < 4
+
+
+def test_exif_orientation_of_a_mask_file_is_applied_too(synthetic_root, tmp_path):
+    images, masks = _folder(synthetic_root, tmp_path, n=2)
+    name = sorted(p.stem for p in images.iterdir())[0]
+    upright = np.array(Image.open(masks / f"{name}.png"))
+    for path, a in ((images / f"{name}.jpg", load_rgb(images / f"{name}.jpg")), (masks / f"{name}.jpg", upright)):
+        Image.fromarray(_stored_for_orientation_6(a)).save(path.with_suffix(".jpg"), quality=100, exif=_exif(6))
+    (masks / f"{name}.png").unlink()
+    with pytest.raises(DatasetError, match="0/1 or 0/255"):                 # JPEG blurs a mask, but it is upright:
+        ImageMaskFolder(images, masks)[0]
+    assert np.abs(load_mask_array(masks / f"{name}.jpg").astype(int) - upright).mean() < 8
+
+
+def _mask_files(m: np.ndarray) -> dict[str, Image.Image]:
+    "One binary mask `m` (0/1) in the encodings image editors produce."
+    h, w = m.shape
+    def palette(colours, index):
+        im = Image.fromarray(index.astype(np.uint8), "L").convert("P")
+        im.putpalette(colours + [0] * (768 - len(colours))); return im
+    return {
+        "RGBA, black, mask in alpha": Image.fromarray(np.dstack([np.zeros((h, w, 3), np.uint8), m * 255]), "RGBA"),
+        "RGBA cut-out, mask in alpha": Image.fromarray(np.dstack([np.full((h, w, 3), 90, np.uint8), m * 255]), "RGBA"),
+        "RGBA, opaque gray": Image.fromarray(np.dstack([np.repeat(m[..., None] * 255, 3, -1), np.full((h, w), 255, np.uint8)]), "RGBA"),
+        "LA, mask in alpha": Image.fromarray(np.dstack([np.zeros((h, w), np.uint8), m * 255]), "LA"),
+        "16-bit 0/65535": Image.fromarray(m.astype(np.uint16) * 65535),
+        "palette, white first": palette([255, 255, 255, 0, 0, 0], 1 - m),
+        "palette, colour labels": palette([0, 0, 0, 128, 0, 0], m),
+        "1-bit": Image.fromarray(m.astype(bool)),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_mask_files(np.zeros((2, 2), np.uint8))))
+def test_unusual_mask_encodings_are_read_correctly(synthetic_root, tmp_path, kind):
+    images, masks = _folder(synthetic_root, tmp_path, n=3)
+    expected = {}
+    for p in sorted(masks.iterdir()):
+        expected[p.stem] = binary_mask(load_mask_array(p))
+        _mask_files(expected[p.stem])[kind].save(p)
+    ds = ImageMaskFolder(images, masks)
+    for i, name in enumerate(ds.names):
+        assert np.array_equal(ds[i]["mask"], expected[name]), (kind, name)
+    cached = ImageMaskFolder(images, masks, cache_size=16, cache_dir=tmp_path / "c", progress=False)
+    assert all(cached.load(i)[1].any() for i in range(len(cached)))
+
+
+@pytest.mark.parametrize("kind", ["soft alpha", "CMYK"])
+def test_masks_that_cannot_be_read_unambiguously_are_refused(tmp_path, kind):
+    m = np.zeros((8, 8), np.uint8); m[2:6, 2:6] = 255; m[2, 2] = 128
+    path = tmp_path / ("m.png" if kind == "soft alpha" else "m.jpg")
+    if kind == "soft alpha": Image.fromarray(np.dstack([np.zeros((8, 8, 3), np.uint8), m]), "RGBA").save(path)
+    else: Image.fromarray(m).convert("CMYK").save(path)
+    with pytest.raises(DatasetError, match="m.(png|jpg)") as e:
+        binary_mask(load_mask_array(path), path)
+    assert ("values [0, 128, 255]" if kind == "soft alpha" else "CMYK") in str(e.value)
 
 
 # ---------------------------------------------------------------- the real sample
