@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench_model import describe_device, loadavg
 from petseg.data import make_synthetic_pets
-from petseg.train import TrainConfig, get_device, train
+from petseg.training import TrainConfig, get_device, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "oxford-pet-sample"
 
