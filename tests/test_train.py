@@ -387,6 +387,10 @@ def good_checkpoint(tmp_path_factory) -> Path:
     ("code", "never runs code"),
     ("architecture", "architecture mismatch"),
     ("unknown_model", "unknown model 'vit'"),
+    ("huge_size", "image_size=100000 is outside"),
+    ("zero_std", "std=\\[0.0, 1.0, 1.0\\] is not 3 finite numbers > 0"),
+    ("huge_features", "model_kwargs\\['features'\\]"),
+    ("nan_weights", "NaN or infinite weights"),
 ])
 def test_bad_checkpoints_say_what_is_wrong(good_checkpoint, tmp_path, kind, message):
     p = tmp_path / f"{kind}.pt"
@@ -401,9 +405,13 @@ def test_bad_checkpoints_say_what_is_wrong(good_checkpoint, tmp_path, kind, mess
     elif kind == "bare_state_dict": torch.save(build_model("unet", **TINY).state_dict(), p)
     elif kind == "other_dict": torch.save({"weights": [1, 2, 3]}, p)
     elif kind == "code": torch.save({"model_name": "unet", "model_state": Evil(tmp_path / "pwned")}, p)
-    elif kind in ("architecture", "unknown_model"):
+    elif kind != "missing":   # a real checkpoint with one thing changed
         ck = torch.load(good_checkpoint, weights_only=True)
-        ck.update(model_kwargs={"features": (16, 32, 64, 128)}) if kind == "architecture" else ck.update(model_name="vit")
+        ck.update({"architecture": dict(model_kwargs={"features": (16, 32, 64, 128)}), "unknown_model": dict(model_name="vit"),
+                   "huge_size": dict(image_size=100_000), "zero_std": dict(std=[0.0, 1.0, 1.0]),
+                   "huge_features": dict(model_kwargs={"features": [10**6] * 4}),
+                   "nan_weights": dict(model_state={k: v * float("nan") if v.is_floating_point() else v
+                                                    for k, v in ck["model_state"].items()})}[kind])
         torch.save(ck, p)
     with pytest.raises(CheckpointError, match=message) as info:
         model_from_checkpoint(p)
