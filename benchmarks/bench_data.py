@@ -14,11 +14,13 @@ persistent workers; images/s = images delivered / wall time. The cache is built 
 
     python benchmarks/bench_data.py                                   # the real sample, CPU
     python benchmarks/bench_data.py --device cuda --workers 0,2,4,8
+    python benchmarks/bench_data.py --synthetic 300                   # no dataset at hand: synthetic JPEGs, 500 px
     python benchmarks/bench_data.py --smoke                           # seconds, synthetic data, for CI
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -84,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--model-steps", type=int, default=3, help="timed ResNet34UNet steps for the model rate; 0 skips it")
     p.add_argument("--model-ips", type=float, help="use this model rate (images/s) instead of measuring it")
     p.add_argument("--cache-dir", type=Path, help="where to build the uint8 cache (default: a temporary folder)")
+    p.add_argument("--synthetic", type=int, metavar="N", help="use N synthetic trainval pets (JPEGs whose longer side "
+                   "is 500 px, about the Oxford photos' size; make_synthetic_pets) instead of --root")
+    p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--smoke", action="store_true", help="seconds: synthetic data at 64 px, workers 0, 1 epoch")
     args = p.parse_args(argv)
     if args.smoke: args.size, args.batch_size, args.workers, args.epochs, args.model_steps = 64, 4, "0", 1, 1
@@ -97,6 +102,7 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root
         if args.smoke: root = make_synthetic_pets(Path(tmp) / "pets", n_trainval=40, n_test=4, size=96, seed=0)
+        elif args.synthetic: root = make_synthetic_pets(Path(tmp) / "pets", n_trainval=args.synthetic, n_test=1, size=500, seed=0)
         elif not (root / "annotations" / "trainval.txt").exists():
             sys.exit(f"No dataset at {root}: pass --root (official layout, e.g. from `petseg download`) or use --smoke.")
         cache_dir = args.cache_dir or Path(tmp) / "cache"
@@ -131,6 +137,11 @@ def main(argv=None) -> list[dict]:
         print(f"{'ResNet34UNet training consumes':34s} {'':>7s} {model_ips:10.1f} {1.0:8.2f}"
               + ("  (given)" if args.model_ips else f"  (median of {args.model_steps} steps on {device})"))
     print(f"load average at the end: {loadavg()}")
+    if args.json:
+        data = "synthetic" if args.smoke or args.synthetic else str(args.root)
+        with open(args.json, "w") as f:
+            json.dump(dict(data=data, n_train=n_train, size=args.size, batch_size=args.batch_size, device=str(device),
+                           cache_build_s=build_s, model_ips=model_ips, model_ips_given=bool(args.model_ips), rows=rows), f, indent=1)
     return rows
 
 
