@@ -74,6 +74,15 @@ def model_rate(size: int, batch_size: int, steps: int, device: torch.device) -> 
     return batch_size / statistics.median(timed(r.train_step, device, steps))
 
 
+def measured(pipeline: str, workers, rate) -> dict:
+    """A table row: images/s from `rate()`, or the error it raised (a worker killed for lack of shared memory,
+    say), so that one failing loader does not cost the other rows."""
+    try: return dict(pipeline=pipeline, workers=workers, ips=rate())
+    except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
+        print(f"{pipeline}, workers {workers}: failed: {type(e).__name__}: {str(e)[:300]}")
+        return dict(pipeline=pipeline, workers=workers, ips=None, error=f"{type(e).__name__}: {str(e)[:300]}")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=SAMPLE, help=f"dataset root in the official layout (default {SAMPLE})")
@@ -120,17 +129,15 @@ def main(argv=None) -> list[dict]:
         elif args.model_steps: model_ips = model_rate(args.size, args.batch_size, args.model_steps, device)
         else: model_ips = None
         rows = []
-        for w in workers:
-            rows.append(dict(pipeline="(a) JPEG decode + augment", workers=w,
-                             ips=loader_rate(jpeg_ds, args.batch_size, w, args.epochs, device)))
-        for w in workers:
-            rows.append(dict(pipeline="(b) uint8 cache + augment", workers=w,
-                             ips=loader_rate(cache_ds, args.batch_size, w, args.epochs, device)))
-        rows.append(dict(pipeline=f"(c) on-device augment ({device.type})", workers="-",
-                         ips=device_rate(root, args.size, args.batch_size, args.epochs, device, cache_dir)))
+        for name, ds in (("(a) JPEG decode + augment", jpeg_ds), ("(b) uint8 cache + augment", cache_ds)):
+            for w in workers:
+                rows.append(measured(name, w, lambda: loader_rate(ds, args.batch_size, w, args.epochs, device)))
+        rows.append(measured(f"(c) on-device augment ({device.type})", "-",
+                             lambda: device_rate(root, args.size, args.batch_size, args.epochs, device, cache_dir)))
     head = f"{'pipeline':34s} {'workers':>7s} {'images/s':>10s} {'x model':>8s}"
     print(head); print("-" * len(head))
     for r in rows:
+        if r["ips"] is None: print(f"{r['pipeline']:34s} {str(r['workers']):>7s} {'failed':>10s}"); continue
         x = f"{r['ips'] / model_ips:8.2f}" if model_ips else f"{'-':>8s}"
         print(f"{r['pipeline']:34s} {str(r['workers']):>7s} {r['ips']:10.1f} {x}")
     if model_ips:
@@ -138,7 +145,8 @@ def main(argv=None) -> list[dict]:
               + ("  (given)" if args.model_ips else f"  (median of {args.model_steps} steps on {device})"))
     print(f"load average at the end: {loadavg()}")
     if args.json:
-        data = "synthetic" if args.smoke or args.synthetic else str(args.root)
+        data = (f"synthetic ({args.synthetic} trainval JPEGs, longer side 500 px)" if args.synthetic and not args.smoke
+                else "synthetic (smoke)" if args.smoke else str(args.root))
         with open(args.json, "w") as f:
             json.dump(dict(data=data, n_train=n_train, size=args.size, batch_size=args.batch_size, device=str(device),
                            cache_build_s=build_s, model_ips=model_ips, model_ips_given=bool(args.model_ips), rows=rows), f, indent=1)

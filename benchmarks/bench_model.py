@@ -38,10 +38,14 @@ REFERENCE = "smp_unet_resnet34"
 
 
 def have_smp() -> bool:
+    "Whether segmentation_models_pytorch imports; says why where it does not."
     try:
         import segmentation_models_pytorch  # noqa: F401
         return True
     except ImportError:
+        return False
+    except Exception as e:  # installed but broken (e.g. against another timm or huggingface_hub): say so, go on
+        print(f"segmentation_models_pytorch is installed but does not import ({type(e).__name__}: {e})")
         return False
 
 
@@ -221,7 +225,7 @@ def main(argv=None) -> list[dict]:
     for n in names:
         if n not in MODELS: raise SystemExit(f"unknown model {n!r}; valid: {', '.join(MODELS)}")
     if REFERENCE in names and not have_smp():
-        print("segmentation_models_pytorch is not installed: pip install segmentation-models-pytorch  (skipping the reference)")
+        print("segmentation_models_pytorch is not available (pip install segmentation-models-pytorch): skipping the reference")
         names.remove(REFERENCE)
     print(f"device: {describe_device(device)}; torch {torch.__version__}; load average {loadavg()}")
     print(f"input {args.batch_size} x 3 x {args.size} x {args.size}; amp={args.amp} channels_last={args.channels_last} "
