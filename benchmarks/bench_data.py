@@ -14,11 +14,13 @@ persistent workers; images/s = images delivered / wall time. The cache is built 
 
     python benchmarks/bench_data.py                                   # the real sample, CPU
     python benchmarks/bench_data.py --device cuda --workers 0,2,4,8
+    python benchmarks/bench_data.py --synthetic 300                   # no dataset at hand: synthetic JPEGs, 500 px
     python benchmarks/bench_data.py --smoke                           # seconds, synthetic data, for CI
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -72,6 +74,15 @@ def model_rate(size: int, batch_size: int, steps: int, device: torch.device) -> 
     return batch_size / statistics.median(timed(r.train_step, device, steps))
 
 
+def measured(pipeline: str, workers, rate) -> dict:
+    """A table row: images/s from `rate()`, or the error it raised (a worker killed for lack of shared memory,
+    say), so that one failing loader does not cost the other rows."""
+    try: return dict(pipeline=pipeline, workers=workers, ips=rate())
+    except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
+        print(f"{pipeline}, workers {workers}: failed: {type(e).__name__}: {str(e)[:300]}")
+        return dict(pipeline=pipeline, workers=workers, ips=None, error=f"{type(e).__name__}: {str(e)[:300]}")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=SAMPLE, help=f"dataset root in the official layout (default {SAMPLE})")
@@ -84,6 +95,9 @@ def parse_args(argv=None):
     p.add_argument("--model-steps", type=int, default=3, help="timed ResNet34UNet steps for the model rate; 0 skips it")
     p.add_argument("--model-ips", type=float, help="use this model rate (images/s) instead of measuring it")
     p.add_argument("--cache-dir", type=Path, help="where to build the uint8 cache (default: a temporary folder)")
+    p.add_argument("--synthetic", type=int, metavar="N", help="use N synthetic trainval pets (JPEGs whose longer side "
+                   "is 500 px, about the Oxford photos' size; make_synthetic_pets) instead of --root")
+    p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--smoke", action="store_true", help="seconds: synthetic data at 64 px, workers 0, 1 epoch")
     args = p.parse_args(argv)
     if args.smoke: args.size, args.batch_size, args.workers, args.epochs, args.model_steps = 64, 4, "0", 1, 1
@@ -97,6 +111,7 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root
         if args.smoke: root = make_synthetic_pets(Path(tmp) / "pets", n_trainval=40, n_test=4, size=96, seed=0)
+        elif args.synthetic: root = make_synthetic_pets(Path(tmp) / "pets", n_trainval=args.synthetic, n_test=1, size=500, seed=0)
         elif not (root / "annotations" / "trainval.txt").exists():
             sys.exit(f"No dataset at {root}: pass --root (official layout, e.g. from `petseg download`) or use --smoke.")
         cache_dir = args.cache_dir or Path(tmp) / "cache"
@@ -114,23 +129,27 @@ def main(argv=None) -> list[dict]:
         elif args.model_steps: model_ips = model_rate(args.size, args.batch_size, args.model_steps, device)
         else: model_ips = None
         rows = []
-        for w in workers:
-            rows.append(dict(pipeline="(a) JPEG decode + augment", workers=w,
-                             ips=loader_rate(jpeg_ds, args.batch_size, w, args.epochs, device)))
-        for w in workers:
-            rows.append(dict(pipeline="(b) uint8 cache + augment", workers=w,
-                             ips=loader_rate(cache_ds, args.batch_size, w, args.epochs, device)))
-        rows.append(dict(pipeline=f"(c) on-device augment ({device.type})", workers="-",
-                         ips=device_rate(root, args.size, args.batch_size, args.epochs, device, cache_dir)))
+        for name, ds in (("(a) JPEG decode + augment", jpeg_ds), ("(b) uint8 cache + augment", cache_ds)):
+            for w in workers:
+                rows.append(measured(name, w, lambda: loader_rate(ds, args.batch_size, w, args.epochs, device)))
+        rows.append(measured(f"(c) on-device augment ({device.type})", "-",
+                             lambda: device_rate(root, args.size, args.batch_size, args.epochs, device, cache_dir)))
     head = f"{'pipeline':34s} {'workers':>7s} {'images/s':>10s} {'x model':>8s}"
     print(head); print("-" * len(head))
     for r in rows:
+        if r["ips"] is None: print(f"{r['pipeline']:34s} {str(r['workers']):>7s} {'failed':>10s}"); continue
         x = f"{r['ips'] / model_ips:8.2f}" if model_ips else f"{'-':>8s}"
         print(f"{r['pipeline']:34s} {str(r['workers']):>7s} {r['ips']:10.1f} {x}")
     if model_ips:
         print(f"{'ResNet34UNet training consumes':34s} {'':>7s} {model_ips:10.1f} {1.0:8.2f}"
               + ("  (given)" if args.model_ips else f"  (median of {args.model_steps} steps on {device})"))
     print(f"load average at the end: {loadavg()}")
+    if args.json:
+        data = (f"synthetic ({args.synthetic} trainval JPEGs, longer side 500 px)" if args.synthetic and not args.smoke
+                else "synthetic (smoke)" if args.smoke else str(args.root))
+        with open(args.json, "w") as f:
+            json.dump(dict(data=data, n_train=n_train, size=args.size, batch_size=args.batch_size, device=str(device),
+                           cache_build_s=build_s, model_ips=model_ips, model_ips_given=bool(args.model_ips), rows=rows), f, indent=1)
     return rows
 
 

@@ -13,6 +13,7 @@ training size) and the wall time from the start of training until the valid Dice
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -20,15 +21,35 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+
 from bench_model import describe_device, loadavg
 from petseg.data import make_synthetic_pets
-from petseg.training import TrainConfig, get_device, train
+from petseg.training import TrainConfig, train  # the one import of the training module in benchmarks/
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "oxford-pet-sample"
 
 
-def run(model: str, root: Path, args, tmp: Path) -> dict:
-    "Train `model` once; per-epoch times, best Dice and the time to --target-dice from its history."
+def resolve_device(name: str) -> torch.device:
+    "The device that TrainConfig(device=name) trains on: 'auto' picks cuda, then mps, then cpu."
+    if name != "auto": return torch.device(name)
+    if torch.cuda.is_available(): return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available(): return torch.device("mps")
+    return torch.device("cpu")
+
+
+def summary(model: str, history: list[dict], reached: dict, total_s: float) -> dict:
+    "One row of the table from the per-epoch rows so far."
+    return dict(model=model, epochs=len(history), epoch_s=statistics.median(r["epoch_time_s"] for r in history),
+                first_epoch_s=history[0]["epoch_time_s"], train_ips=statistics.median(r["images_per_s"] for r in history),
+                best_dice=max(r["valid_dice"] for r in history), final_dice=history[-1]["valid_dice"], total_s=total_s,
+                reached={str(t): v for t, v in reached.items()}, history=[dict(r) for r in history])
+
+
+def run(model: str, root: Path, args, tmp: Path, done: list[dict]) -> dict:
+    """Train `model` once; per-epoch times, best and last Dice and the time to --target-dice from its history.
+    With --json, the file is rewritten after every epoch (rows in `done` first), so a run stopped from outside
+    still leaves the epochs it finished."""
     cfg = TrainConfig(data_root=str(root), model=model, image_size=args.size, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, cache=True, cache_dir=str(tmp / "cache"),
                       num_workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last,
@@ -38,13 +59,20 @@ def run(model: str, root: Path, args, tmp: Path) -> dict:
     def on_epoch(row, history):
         for target in args.targets:
             if target not in reached and row["valid_dice"] >= target: reached[target] = (row["epoch"], time.perf_counter() - start)
+        if args.json: write_json(args, done + [summary(model, history, reached, time.perf_counter() - start)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the sample's unreadable files: reported by the data tests, not here
         history = train(cfg, callbacks=[on_epoch])
-    total = time.perf_counter() - start
-    return dict(model=model, epochs=len(history), epoch_s=statistics.median(r["epoch_time_s"] for r in history),
-                train_ips=statistics.median(r["images_per_s"] for r in history),
-                best_dice=max(r["valid_dice"] for r in history), total_s=total, reached=reached)
+    return summary(model, history, reached, time.perf_counter() - start)
+
+
+def write_json(args, rows: list[dict]) -> None:
+    "Write `rows` and the settings to --json (through a temporary file, so a reader never sees half a file)."
+    tmp = Path(args.json).with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(root="synthetic" if args.smoke else str(args.root), size=args.size,
+                                   batch_size=args.batch_size, planned_epochs=args.epochs, amp=args.amp,
+                                   channels_last=args.channels_last, workers=args.workers, rows=rows), indent=1, default=float))
+    tmp.replace(args.json)
 
 
 def parse_args(argv=None):
@@ -61,6 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--target-dice", default="0.7,0.75,0.8", help="comma-separated valid Dice values whose first crossing "
                    "is timed (default 0.7,0.75,0.8)")
+    p.add_argument("--json", help="also write the results to this JSON file (rewritten after every epoch)")
     p.add_argument("--smoke", action="store_true", help="seconds: synthetic data, 32 px, 1 epoch, tiny batch")
     args = p.parse_args(argv)
     if args.smoke: args.size, args.batch_size, args.epochs, args.workers = 32, 4, 1, 0
@@ -76,16 +105,18 @@ def main(argv=None) -> list[dict]:
         if args.smoke: root = make_synthetic_pets(tmp / "pets", n_trainval=20, n_test=2, size=48, seed=0)
         elif not (root / "annotations" / "trainval.txt").exists():
             sys.exit(f"No dataset at {root}: pass --root (official layout, e.g. from `petseg download`) or use --smoke.")
-        device = get_device(args.device)
+        device = resolve_device(args.device)
         print(f"data: {root}; size {args.size}; batch {args.batch_size}; {args.epochs} epochs; device "
               f"{describe_device(device)}; amp {args.amp}; load average {loadavg()}")
-        rows = [run(m, root, args, tmp) for m in models]
+        rows = []
+        for m in models: rows.append(run(m, root, args, tmp, rows))
+    if args.json: write_json(args, rows)
     head = (f"{'model':15s} {'epochs':>6s} {'epoch s (median)':>17s} {'train img/s':>12s} {'best valid Dice':>16s}"
             + "".join(f" {f'to Dice {t:g}':>20s}" for t in args.targets))
     print(head); print("-" * len(head))
     for r in rows:
         line = f"{r['model']:15s} {r['epochs']:6d} {r['epoch_s']:17.1f} {r['train_ips']:12.1f} {r['best_dice']:16.4f}"
-        for t in args.targets:
+        for t in map(str, args.targets):
             cell = f"{r['reached'][t][1]:.0f} s (epoch {r['reached'][t][0]})" if t in r["reached"] else "not reached"
             line += f" {cell:>20s}"
         print(line)
