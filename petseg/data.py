@@ -21,12 +21,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['BREEDS', 'LIST_HEADER', 'PETS_URL', 'ARCHIVES', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CACHE_VERSION',
-           'IMAGE_EXTS', 'PetsegError', 'DatasetError', 'ImageReadError', 'DownloadError', 'ChecksumError',
-           'SkippedFilesWarning', 'breed_of', 'species_of', 'breed_ids', 'make_synthetic_pets', 'data_url', 'file_md5',
-           'download_file', 'download_oxford_pet', 'make_archives', 'PetRecord', 'parse_record', 'check_root',
-           'split_records', 'read_split', 'load_rgb', 'load_mask_array', 'trimap_to_mask', 'binary_mask', 'probe_image',
-           'OxfordPetDataset', 'train_transforms', 'eval_transforms', 'compute_mean_std', 'resize_pair',
+__all__ = ['BREEDS', 'LIST_HEADER', 'PETS_URL', 'ARCHIVES', 'SPLITS', 'DOWNLOAD_ROOT', 'SAMPLE_ROOT', 'ATTRIBUTION',
+           'SYNTHETIC_PETS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CACHE_VERSION', 'IMAGE_EXTS', 'PetsegError',
+           'DatasetError', 'ImageReadError', 'DownloadError', 'ChecksumError', 'SkippedFilesWarning', 'breed_of',
+           'species_of', 'breed_ids', 'make_synthetic_pets', 'data_url', 'file_md5', 'download_file',
+           'download_oxford_pet', 'make_archives', 'PetRecord', 'parse_record', 'check_root', 'split_records',
+           'read_split', 'course_data', 'course_subset', 'load_rgb', 'load_mask_array', 'trimap_to_mask', 'binary_mask',
+           'probe_image', 'OxfordPetDataset', 'train_transforms', 'eval_transforms', 'compute_mean_std', 'resize_pair',
            'cached_arrays', 'ImageMaskFolder']
 
 # %% ../nbs/00_data.ipynb #eb6b0c9f
@@ -358,6 +359,80 @@ def split_records(root, split: str) -> list[PetRecord]:
 def read_split(root, split: str) -> list[str]:
     "Image names of `split` ('train' | 'valid' | 'test')."
     return [r.name for r in split_records(root, split)]
+
+# %% ../nbs/00_data.ipynb #5b99a67c
+DOWNLOAD_ROOT = Path("data/oxford-pet")            # where `petseg download` puts the full dataset by default
+SAMPLE_ROOT = Path("shared/oxford-pet-sample")      # the 600-photo real sample of the development machines
+ATTRIBUTION = "Oxford-IIIT Pet, Parkhi et al. 2012, CC BY-SA 4.0"
+SYNTHETIC_PETS = dict(n_trainval=200, n_test=100, size=160, seed=0)
+
+def _is_pet_root(path: Path) -> bool:
+    return (path / "images").is_dir() and (path / "annotations" / "trimaps").is_dir() and \
+           (path / "annotations" / "trainval.txt").is_file()
+
+def _up_to_repo_root(start: Path) -> list[Path]:
+    "`start` and its parents up to the enclosing git repository's root (all parents when outside a repository)."
+    folders = [start, *start.parents]
+    for i, f in enumerate(folders):
+        if (f / ".git").exists(): return folders[:i + 1]
+    return folders
+
+def _synthetic_pets_cache(cache_root: Path | None = None, **params) -> Path:
+    "Synthetic pets written once (atomically) under `cache_root` (default `$XDG_CACHE_HOME/petseg` or `~/.cache/petseg`)."
+    params = {**SYNTHETIC_PETS, **params}
+    cache_root = Path(cache_root or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "petseg"
+    folder = cache_root / "synthetic-pets"
+    stamp = json.dumps(params, sort_keys=True)
+    marker = folder / ".petseg-synthetic.json"
+    if marker.is_file() and marker.read_text() == stamp: return folder
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-pets-", dir=cache_root))
+    try:
+        make_synthetic_pets(tmp, **params)
+        (tmp / marker.name).write_text(stamp)
+        if folder.exists():                             # an older version (or a half-written one): replace it
+            old = cache_root / f".synthetic-pets-old-{uuid.uuid4().hex[:8]}"
+            try: os.rename(folder, old)
+            except OSError: pass
+            shutil.rmtree(old, ignore_errors=True)
+        try: os.rename(tmp, folder)
+        except OSError:                                 # another process got there first
+            if not (marker.is_file() and marker.read_text() == stamp): raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+def course_data(verbose: bool = True) -> Path:
+    """The best Oxford-IIIT Pet root at hand: `$PETSEG_DATA`, else the full dataset in `data/oxford-pet` (here or in a
+    parent folder up to the repository root), else the real sample `shared/oxford-pet-sample` in a parent folder, else
+    synthetic pets written once into the user's cache folder. With `verbose`, print which one."""
+    say = print if verbose else (lambda *a: None)
+    if env := os.environ.get("PETSEG_DATA"):
+        root = Path(env).expanduser().absolute()
+        if not _is_pet_root(root):
+            raise DatasetError(f"PETSEG_DATA is set to {env!r}, which is not an Oxford-IIIT Pet root (it needs images/, "
+                               f"annotations/trimaps/ and annotations/trainval.txt). Point it at one, e.g. after "
+                               f"`petseg download --data-root {env}`, or unset it to let course_data() pick.")
+        say(f"Using the Oxford-IIIT Pet at {root} (from $PETSEG_DATA; {ATTRIBUTION}).")
+        return root
+    here = Path.cwd()
+    for folder in _up_to_repo_root(here):
+        if _is_pet_root(root := folder / DOWNLOAD_ROOT):
+            say(f"Using the full Oxford-IIIT Pet at {root} ({ATTRIBUTION}).")
+            return root
+    for folder in [here, *here.parents]:
+        if _is_pet_root(root := folder / SAMPLE_ROOT):
+            say(f"Using the real 600-photo sample of Oxford-IIIT Pet at {root} ({ATTRIBUTION}).")
+            return root
+    root = _synthetic_pets_cache()
+    say(f"No Oxford-IIIT Pet found (set PETSEG_DATA or run `petseg download`): using synthetic pets at {root}.")
+    return root
+
+def course_subset(dataset, n: int, seed: int = 0) -> torch.utils.data.Subset:
+    "At most `n` items of `dataset`, drawn at random but the same for the same `seed`, kept in dataset order."
+    if n < 1: raise ValueError(f"course_subset needs n >= 1, got {n}.")
+    picked = np.random.default_rng(seed).permutation(len(dataset))[:n]
+    return torch.utils.data.Subset(dataset, sorted(picked.tolist()))
 
 # %% ../nbs/00_data.ipynb #4980c8de
 def load_rgb(path) -> np.ndarray:

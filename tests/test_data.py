@@ -420,3 +420,29 @@ def test_sample_cache_equals_direct_decoding(sample_root, tmp_path):
         assert np.array_equal(images[i], img) and np.array_equal(masks[i], msk), names[i]
     cached = OxfordPetDataset(sample_root, "valid", cache_size=64, cache_dir=tmp_path / "cache", progress=False)
     assert all(np.array_equal(cached.load(i)[0], images[i]) for i in range(len(cached)))
+
+
+# ---------------------------------------------------------------- course_data()
+
+def test_course_data_falls_back_to_synthetic_pets_once(tmp_path, monkeypatch, capsys):
+    from petseg.data import course_data
+    monkeypatch.delenv("PETSEG_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "repo" / ".git").mkdir(parents=True); (tmp_path / "repo" / "nbs").mkdir()
+    monkeypatch.chdir(tmp_path / "repo" / "nbs")
+    root = course_data()
+    assert root == tmp_path / "cache" / "petseg" / "synthetic-pets"
+    assert "synthetic pets" in capsys.readouterr().out
+    assert len(OxfordPetDataset(root, "test")) > 0
+    stamp = (root / "images").stat().st_mtime_ns
+    assert course_data(verbose=False) == root and (root / "images").stat().st_mtime_ns == stamp   # written once
+    assert capsys.readouterr().out == ""
+
+
+def test_course_data_names_the_real_sample_and_its_licence(sample_root, monkeypatch, capsys):
+    from petseg.data import course_data
+    monkeypatch.delenv("PETSEG_DATA", raising=False)
+    monkeypatch.chdir(sample_root.parents[1])                  # a folder whose shared/ holds the sample
+    assert course_data().resolve() == sample_root.resolve()
+    out = capsys.readouterr().out
+    assert "sample" in out and "Parkhi et al. 2012" in out and "CC BY-SA 4.0" in out
