@@ -20,7 +20,7 @@ Exit status 1 when any notebook fails; each failure is printed with its notebook
 """
 from __future__ import annotations
 
-import argparse, json, os, subprocess, sys, tempfile
+import argparse, json, os, re, subprocess, sys, tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,13 +81,15 @@ def process_for_docs(path: Path, dest: Path, timeout: float = 900) -> str | None
     return _last_error(r.stderr) or f"exit status {r.returncode}"
 
 
-def _last_error(stderr: str) -> str:
-    "The part of a traceback that says what failed: nbdev's 'Error in cell' message and the final exception line."
-    lines = stderr.strip().splitlines()
-    keep = [i for i, l in enumerate(lines) if l.startswith("Exception: Error") or "Error in cell" in l]
-    head = "\n".join(lines[keep[0]:keep[0] + 12]) if keep else ""
-    last = next((l for l in reversed(lines) if l and not l.startswith(" ")), "")
-    return "\n".join(x for x in (head, last) if x)
+def _last_error(stderr: str, max_lines: int = 12) -> str:
+    "What failed: nbdev's 'Error in notebook ... in cell N' with the cell's first lines, and the exception that caused it."
+    lines = stderr.rstrip().splitlines()
+    start = next((i for i, l in enumerate(lines) if l.startswith("Exception: Error")), None)
+    if start is None: return "\n".join(lines[-max_lines:])
+    cell = lines[start:]
+    shown = cell[:max_lines] + (["    ..."] if len(cell) > max_lines else [])
+    causes = [l for l in lines[:start] if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", l)]
+    return "\n".join(shown + ([f"caused by: {causes[-1]}"] if causes else []))
 
 
 def check_docs(paths: list[Path]) -> list[str]:
