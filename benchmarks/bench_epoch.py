@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""End-to-end benchmark: epoch time and time to a target valid Dice with `petseg.train` on the real sample.
+"""End-to-end benchmark: epoch time and time to a target valid Dice with `petseg.training` on the real sample.
 
 Trains each --models entry with the full recipe (augmentation, BCE + Dice, AdamW, one-cycle schedule; the uint8
-cache; the device-side augmentation where `petseg.train` picks it, i.e. on CUDA) and prints, per model, the
+cache; the device-side augmentation where `petseg.training` picks it, i.e. on CUDA) and prints, per model, the
 median epoch time (training + validation), the training images/s, the best valid Dice (per-image mean at the
 training size) and the wall time from the start of training until the valid Dice first reached each --target-dice.
 
@@ -53,7 +53,7 @@ def run(model: str, root: Path, args, tmp: Path, done: list[dict]) -> dict:
     cfg = TrainConfig(data_root=str(root), model=model, image_size=args.size, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, cache=True, cache_dir=str(tmp / "cache"),
                       num_workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last,
-                      out_dir=str(tmp / "runs"), checkpoint_dir=str(tmp / "checkpoints"), run_name=model,
+                      checkpoint_dir=str(tmp / "checkpoints"), run_name=model,
                       progress=False, live_plot=False, seed=0)
     start, reached = time.perf_counter(), {}
     def on_epoch(row, history):
@@ -85,7 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="epochs per model (default 3)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the CPU-side pipeline (default 2)")
-    p.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (petseg.train's meaning; default auto)")
+    p.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (petseg.training's meaning; default auto)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--target-dice", default="0.7,0.75,0.8", help="comma-separated valid Dice values whose first crossing "
                    "is timed (default 0.7,0.75,0.8)")
