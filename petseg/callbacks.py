@@ -30,7 +30,7 @@ from .learner import CancelFitException, Callback, Learner, plot_history
 # %% auto #0
 __all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted', 'DeviceCallback', 'ChannelsLast', 'EpochTotals',
            'Recorder', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for', 'MixedPrecision', 'NonFiniteGuard',
-           'is_out_of_memory', 'OutOfMemory', 'say', 'StopOnSignal', 'SaveCheckpoints', 'EarlyStopping',
+           'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'say', 'StopOnSignal', 'SaveCheckpoints', 'EarlyStopping',
            'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot', 'EpochFunction',
            'item_seed', 'SetEpoch', 'DeviceAugment', 'CompileModel']
 
@@ -228,6 +228,24 @@ class OutOfMemory(Callback):
         raise TrainingError(f"out of memory with batches of {n} images of {size} px: try a smaller batch size "
                             f"(batch_size / --batch-size) or image size (image_size / --size), or amp='auto' on a GPU; "
                             f"{_last_good(l)}.") from l.error
+
+# %% ../nbs/03b_callbacks.ipynb #10842584
+def _worker_message(e: BaseException) -> str | None:
+    "The original error's last line when `e` was re-raised from a DataLoader worker (without the worker's traceback)."
+    text = str(e)
+    if "DataLoader worker process" not in text: return None
+    last = [l for l in text.strip().splitlines() if l.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
+
+
+class WorkerErrors(Callback):
+    "Re-raise an error from a DataLoader worker with its own message only (no worker traceback inside it)."
+    def on_error(self):
+        msg, e = _worker_message(self.learn.error), self.learn.error
+        if msg is None: return
+        try: clean = type(e)(msg)
+        except Exception: clean = TrainingError(msg)
+        raise clean from None
 
 # %% ../nbs/03b_callbacks.ipynb #31d955a9
 def say(msg: str) -> None:

@@ -382,7 +382,7 @@ def stop_workers(*loaders) -> None:
 def training_callbacks(cfg: TrainConfig, ctx: DistContext, device: torch.device, sampler: EpochSampler, scheduler,
                        run_dir: Path, meta: dict, mean, std, on_device_augment: bool) -> list[Callback]:
     "The callbacks `cfg` asks for; those that write files or print only on the first process."
-    cbs = [SetEpoch(sampler), DeviceCallback(device), Recorder(), NonFiniteGuard(), OutOfMemory(),
+    cbs = [SetEpoch(sampler), DeviceCallback(device), Recorder(), NonFiniteGuard(), OutOfMemory(), WorkerErrors(),
            StopOnSignal(verbose=ctx.is_main and cfg.verbose)]
     if cfg.channels_last: cbs.append(ChannelsLast())
     if cfg.compile: cbs.append(CompileModel())

@@ -518,3 +518,19 @@ def test_live_plot_callback_draws(monkeypatch):
     for r in rows: history.append(r); cb.after_epoch()
     assert [k for k, _ in shown] == ["display", "update"]
     assert len(shown[1][1].axes) == 2 and len(shown[1][1].axes[0].lines[0].get_xdata()) == 2
+
+
+def test_an_error_in_a_dataloader_worker_exits_promptly_with_one_message(tmp_path):
+    """A trimap with a value 0, read by one of the default 2 DataLoader workers: exit 1 with the data error alone (no
+    worker traceback), and the process ends (it used to hang in multiprocessing's exit handler)."""
+    from petseg.data import read_split
+    root = make_synthetic_pets(tmp_path / "pets", n_trainval=20, n_test=4, size=40, seed=0)
+    trimap = root / "annotations" / "trimaps" / f"{read_split(root, 'train')[3]}.png"
+    a = np.array(Image.open(trimap)); a[0, 0] = 0; Image.fromarray(a).save(trimap)
+    proc = subprocess.run([sys.executable, "-m", "petseg", "train", "--data-root", str(root), "--no-download",
+                           "--epochs", "2", "--size", "32", "--features", "4,8,16,32", "--batch-size", "4", "--device", "cpu",
+                           "--checkpoint-dir", str(tmp_path / "ck"), "-q"],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert f"{trimap} has values [0]" in proc.stderr
+    assert "Traceback" not in proc.stderr and "worker process" not in proc.stderr, proc.stderr
