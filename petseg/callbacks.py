@@ -314,7 +314,7 @@ class SaveCheckpoints(Callback):
         l, hist = self.learn, getattr(self.learn, "recorder", None)
         state = dict(self.meta, model_state=unwrap_model(module).state_dict(), epoch=l.epoch, metrics=dict(metrics),
                      history=[dict(r) for r in hist.history] if hist else [], best_valid_dice=self.best_dice,
-                     best_epoch=self.best_epoch, status=l.stop_reason or "running",
+                     best_epoch=self.best_epoch, status=l.stop_reason or ("finished" if l.epoch >= l.n_epochs else "running"),
                      finished=l.stop_reason in ("finished", "early_stopped") or l.epoch >= l.n_epochs,
                      resumable=resumable)
         if resumable:

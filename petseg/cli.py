@@ -25,7 +25,7 @@ from .evaluate import evaluate
 from .inference import predict
 from .models import MODEL_NAMES, build_model
 from .training import (AMP_MODES, NORMALIZATIONS, OPTIMIZERS, SCHEDULERS, ConfigError, TrainConfig, TrainingInterrupted,
-                             field_help, field_section, train)
+                             check_config, field_help, field_section, train)
 
 # %% auto #0
 __all__ = ['positive_int', 'positive_float', 'nonneg_int', 'nonneg_float', 'DATA_ROOT', 'TRAIN_FLAG_ALIASES', 'TRAIN_CHOICES',
@@ -202,6 +202,7 @@ def train_config_from_args(args) -> TrainConfig:
 
 def _cmd_train(args) -> int:
     cfg = train_config_from_args(args)
+    if not cfg.resume: check_config(cfg)            # bad values are refused before any download
     if cfg.data_root is not None and not _has_pets(cfg.data_root):
         if Path(cfg.data_root).exists() and not Path(cfg.data_root).is_dir(): raise UsageError(f"--data-root {cfg.data_root} is a file, not a folder")
         if not args.no_download:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -97,6 +98,7 @@ class TrainConfig:
     live_plot: str | bool = "auto"        # live curves ('auto': when running in a notebook)
 
 # %% ../nbs/03d_training.ipynb #f1f84ca0
+@functools.cache
 def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
     "{field: (section, comment)} from the source of the dataclass `cls`: `# section` lines and the comment after each field."
     import importlib, inspect, re

@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,8 @@ from petseg import cli
 from petseg.cli import build_parser, main, train_config_from_args
 from petseg.data import read_split
 from petseg.evaluate import evaluate
-from petseg.train import TrainingInterrupted, load_checkpoint, model_from_checkpoint, save_checkpoint
+from petseg.callbacks import TrainingInterrupted
+from petseg.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 # one PyTorch thread here and in the `petseg` processes: tiny models gain nothing from more, and on a busy 2-core
 # machine competing threads make a run many times slower
@@ -49,10 +52,10 @@ def trained(synthetic_root, tmp_path_factory) -> dict:
     "Two tiny epochs trained through the CLI with the course's flag spellings."
     tmp = tmp_path_factory.mktemp("cli")
     code = main(["train", "--model", "unet", "--data_path", str(synthetic_root), "--epoch", "2", "--batch_size", "4",
-                 "--learning-rate", "0.003", *TINY, "--checkpoint-dir", str(tmp / "ck"), "--out-dir", str(tmp / "runs")])
+                 "--learning-rate", "0.003", *TINY, "--out-dir", str(tmp / "ck")])
     assert code == 0
-    return dict(root=synthetic_root, tmp=tmp, best=tmp / "ck" / "unet_best.pt", last=tmp / "ck" / "unet_last.pt",
-                runs=tmp / "runs")
+    run_dir = tmp / "ck" / "unet"
+    return dict(root=synthetic_root, tmp=tmp, best=run_dir / "best.pt", last=run_dir / "last.pt", run_dir=run_dir)
 
 
 def test_train_writes_checkpoints_and_logs(trained):
@@ -61,7 +64,7 @@ def test_train_writes_checkpoints_and_logs(trained):
     assert (ckpt["model_name"], ckpt["epoch"], ckpt["image_size"]) == ("unet", 2, 32)
     assert list(ckpt["model_kwargs"]["features"]) == [4, 8, 16, 32]
     assert ckpt["config"]["lr"] == 0.003 and ckpt["config"]["batch_size"] == 4
-    assert list(trained["runs"].rglob("metrics.csv"))
+    assert (trained["run_dir"] / "metrics.csv").is_file() and (trained["run_dir"] / "config.json").is_file()
 
 
 @pytest.mark.parametrize("sub", ["download", "train", "evaluate", "predict", "demo"])
@@ -78,6 +81,8 @@ def test_course_spellings_equal_petseg_spellings():
     a, b = (train_config_from_args(build_parser().parse_args(x)) for x in (course, ours))
     assert a == b
     assert (a.model, a.device, a.data_root, a.epochs, a.batch_size, a.lr) == ("resnet34_unet", "cpu", "d", 3, 5, 0.02)
+    for alias in ("--out-dir", "--log-dir"):   # the course's output folders are the run folders' parent
+        assert train_config_from_args(build_parser().parse_args(["train", alias, "runs"])).checkpoint_dir == "runs"
     e = build_parser().parse_args(["evaluate", __file__, "--data_path", "d", "--batch_size", "3"])
     assert (e.data_root, e.batch_size) == ("d", 3)
 
@@ -101,7 +106,7 @@ def test_evaluate_writes_csv_with_consistent_figures(trained, capsys, tmp_path):
     assert res.mean_dice == pytest.approx(figs["mean_dice"]) and res.pooled_dice == pytest.approx(figs["pooled_dice"])
     # the default CSV lands next to the checkpoint
     code, out, err = run(capsys, "evaluate", trained["best"], "--data-root", trained["root"], "-q")
-    assert code == 0 and (trained["best"].parent / "unet_best_test_per_image.csv").is_file()
+    assert code == 0 and (trained["best"].parent / "best_test_per_image.csv").is_file()
 
 
 def test_evaluate_options_original_tta_ensemble_folder(trained, capsys, tmp_path):
@@ -236,7 +241,8 @@ def _usage_cases(tmp: Path, trained: dict) -> list[tuple[str, list]]:
     ]
 
 
-def test_usage_errors_exit_2_one_line(trained, capsys, tmp_path):
+def test_usage_errors_exit_2_one_line(trained, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)     # the default --data-root (data/oxford-pet) is relative: never touch the checkout
     for case, argv in _usage_cases(tmp_path, trained):
         code, out, err = run(capsys, *argv)
         assert code == 2, (case, code, err)
@@ -263,23 +269,23 @@ def test_petseg_errors_exit_1_without_traceback(trained, capsys, tmp_path):
 
 
 def test_rerun_keeps_earlier_checkpoints_and_best_is_not_resumable(trained, capsys, tmp_path):
-    "A second run under a taken name writes <name>-2_*.pt, the first run's files untouched; --overwrite replaces them;"
+    "A second run under a taken name writes <name>-2/, the first run's files untouched; --overwrite replaces them;"
     "resuming from a best checkpoint (weights only) names the last one to resume from."
-    ck = tmp_path / "ck"; ck.mkdir()
-    for p in trained["best"].parent.glob("unet_*.pt"): shutil.copy(p, ck / p.name)
-    before = {p.name: p.read_bytes() for p in ck.glob("*.pt")}
+    ck = tmp_path / "ck"
+    shutil.copytree(trained["run_dir"], ck / "unet")
+    before = {p.name: p.read_bytes() for p in (ck / "unet").iterdir() if p.is_file()}
     args = ["train", "--data-root", trained["root"], "--epochs", "1", "--batch-size", "4", *TINY, "--checkpoint-dir", ck,
-            "--out-dir", tmp_path / "runs", "-q"]
+            "-q"]
     code, out, err = run(capsys, *args)
     assert code == 0, err
-    assert "earlier run" in out and f"last checkpoint: {ck / 'unet-2_last.pt'}" in out
-    assert {p.name: p.read_bytes() for p in ck.glob("unet_*.pt")} == before
-    assert (ck / "unet-2_best.pt").stat().st_size < (ck / "unet-2_last.pt").stat().st_size   # no optimizer state
-    code, out, err = run(capsys, "train", "--resume", ck / "unet-2_best.pt", "-q")
-    assert code == 1 and f"--resume {ck / 'unet-2_last.pt'}" in err and "Traceback" not in err
+    assert "earlier run" in out and f"last checkpoint: {ck / 'unet-2' / 'last.pt'}" in out
+    assert {p.name: p.read_bytes() for p in (ck / "unet").iterdir() if p.is_file()} == before
+    assert (ck / "unet-2" / "best.pt").stat().st_size < (ck / "unet-2" / "last.pt").stat().st_size   # no optimizer state
+    code, out, err = run(capsys, "train", "--resume", ck / "unet-2" / "best.pt", "-q")
+    assert code == 1 and f"--resume {ck / 'unet-2' / 'last.pt'}" in err and "Traceback" not in err
     code, out, err = run(capsys, *args, "--overwrite")
-    assert code == 0 and not (ck / "unet-3_last.pt").exists()
-    assert (ck / "unet_last.pt").read_bytes() != before["unet_last.pt"]
+    assert code == 0 and not (ck / "unet-3").exists()
+    assert (ck / "unet" / "last.pt").read_bytes() != before["last.pt"]
 
 
 def test_train_downloads_missing_dataset(http_server, monkeypatch, capsys, tmp_path):
@@ -287,12 +293,12 @@ def test_train_downloads_missing_dataset(http_server, monkeypatch, capsys, tmp_p
     monkeypatch.setenv("PETSEG_DATA_URL", http_server.url)
     monkeypatch.setattr(petseg.data, "ARCHIVES", http_server.md5s)   # the synthetic archives' checksums
     args = ["train", "--data-root", tmp_path / "pets", "--epochs", "1", "--batch-size", "4", *TINY,
-            "--checkpoint-dir", tmp_path / "ck", "--out-dir", tmp_path / "runs"]
+            "--checkpoint-dir", tmp_path / "ck"]
     code, out, err = run(capsys, *args)
     assert code == 0, err
     assert "downloading" in err and str(tmp_path / "pets") in err
     assert [name for name, _ in http_server.requests] == ["images.tar.gz", "annotations.tar.gz"]
-    assert (tmp_path / "ck" / "unet_best.pt").is_file()
+    assert (tmp_path / "ck" / "unet" / "best.pt").is_file()
     code, out, err = run(capsys, *args)                        # present now: nothing downloaded again
     assert code == 0 and "downloading" not in err and len(http_server.requests) == 2
 
@@ -310,36 +316,54 @@ def test_download_subcommand(http_server, monkeypatch, capsys, tmp_path, refused
 
 def test_interrupted_training_exits_130_with_resume_command(monkeypatch, capsys, tmp_path):
     def interrupted(cfg):
-        raise TrainingInterrupted("Training stopped by SIGINT", tmp_path / "unet_last.pt", signal.SIGINT)
+        raise TrainingInterrupted("Training stopped by SIGINT", tmp_path / "unet" / "last.pt", signal.SIGINT)
     monkeypatch.setattr(cli, "train", interrupted)
     code, out, err = run(capsys, "train", "--images-dir", tmp_path, "--masks-dir", tmp_path, "--epochs", "5",
                          "--resume", __file__)
     assert code == 130 and "Traceback" not in err
     cmd = err.split("resume with: ")[1].strip()
     assert shlex.split(cmd) == ["petseg", "train", "--images-dir", str(tmp_path), "--masks-dir", str(tmp_path),
-                                "--epochs", "5", "--resume", str(tmp_path / "unet_last.pt")]
+                                "--epochs", "5", "--resume", str(tmp_path / "unet" / "last.pt")]
 
 
 def test_subprocess_sigint_then_resume_equals_uninterrupted(synthetic_root, tmp_path):
-    "A real `petseg train` process: Ctrl-C -> exit 130 and a resume command; resuming ends with the uninterrupted weights."
+    "A real `petseg train` process: Ctrl-C mid-epoch -> exit 130 and a resume command; resuming ends bit-identical."
     args = ["train", "--data-root", str(synthetic_root), "--epochs", "6", "--batch-size", "2", *TINY]
-    assert main([*args, "--checkpoint-dir", str(tmp_path / "full"), "--out-dir", str(tmp_path / "runs")]) == 0
-    proc = subprocess.Popen([*petseg_exe(), *args, "--checkpoint-dir", str(tmp_path / "cut"), "--out-dir",
-                             str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
-    for line in proc.stdout:                         # wait until an epoch has finished, then press Ctrl-C
-        if line.startswith("epoch 1/"): break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    assert main([*args, "--checkpoint-dir", str(tmp_path / "full")]) == 0
+    last = tmp_path / "cut" / "unet" / "last.pt"
+    with open(tmp_path / "out.txt", "w") as out_f, open(tmp_path / "err.txt", "w") as err_f:
+        proc = subprocess.Popen([*petseg_exe(), *args, "--checkpoint-dir", str(tmp_path / "cut")], stdout=out_f,
+                                stderr=err_f, text=True, env=ENV)
+        try:
+            deadline = time.monotonic() + 600
+            # wait until epoch 1 has been saved (a fresh run first writes last.pt for "epoch 0"), then press Ctrl-C
+            while not (last.is_file() and load_checkpoint(last)["epoch"] >= 1):
+                assert proc.poll() is None, (tmp_path / "err.txt").read_text()
+                assert time.monotonic() < deadline, "no checkpoint of epoch 1 after 600 s"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None: proc.kill(); proc.wait()
+    out, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    # stopped inside an epoch: the resumable checkpoint is the end of the epoch before
+    stopped = re.search(r"Training stopped by SIGINT in epoch (\d+); a resumable checkpoint "
+                        r"\(end of epoch (\d+)\) is at (\S+)\.", out)
+    assert stopped, (out, err)
+    epoch, saved = int(stopped[1]), int(stopped[2])
+    assert 2 <= epoch <= 6 and saved == epoch - 1 and Path(stopped[3]) == last
+    assert load_checkpoint(last)["epoch"] == saved
     cmd = shlex.split(err.split("resume with: ")[1].splitlines()[0])
-    assert cmd[:2] == ["petseg", "train"] and cmd[-2] == "--resume"
-    done = subprocess.run([*petseg_exe(), *cmd[1:]], capture_output=True, text=True, timeout=300, env=ENV)
+    assert cmd[:2] == ["petseg", "train"] and cmd[-2:] == ["--resume", str(last)]
+    done = subprocess.run([*petseg_exe(), *cmd[1:]], capture_output=True, text=True, timeout=900, env=ENV)
     assert done.returncode == 0, done.stderr
-    a, b = (load_checkpoint(tmp_path / d / "unet_last.pt") for d in ("full", "cut"))
+    assert f"resuming {last} at epoch {epoch}" in done.stdout
+    a, b = (load_checkpoint(tmp_path / d / "unet" / "last.pt") for d in ("full", "cut"))
     assert a["epoch"] == b["epoch"] == 6
     assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
+    assert not (tmp_path / "cut" / "unet-2").exists()      # the resumed run kept writing into its own folder
 
 
 def test_real_petseg_process(trained, tmp_path):
@@ -347,7 +371,8 @@ def test_real_petseg_process(trained, tmp_path):
     exe = petseg_exe()
     r = subprocess.run([*exe, "--help"], capture_output=True, text=True, timeout=120, env=ENV)
     assert r.returncode == 0 and all(sub in r.stdout for sub in ("download", "train", "evaluate", "predict", "demo"))
-    r = subprocess.run([*exe, "train", "--epochs", "0"], capture_output=True, text=True, timeout=120, env=ENV)
+    r = subprocess.run([*exe, "train", "--epochs", "0"], capture_output=True, text=True, timeout=120, env=ENV,
+                       cwd=tmp_path)   # the default --data-root is relative: keep it out of the checkout
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     r = subprocess.run([*exe, "evaluate", str(trained["best"]), "--data_path", str(trained["root"]), "--csv",
                         str(tmp_path / "rows.csv"), "-q"], capture_output=True, text=True, timeout=120, env=ENV)

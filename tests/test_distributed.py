@@ -1,6 +1,7 @@
-"""`train` under `torchrun --nproc_per_node=2` (gloo, CPU) on synthetic data: it finishes, writes one set of checkpoints
-and logs, every rank sees the same valid Dice, which is the Dice a single process computes from the checkpoint over the
-same split, and checkpoints resume in both directions (distributed -> single process -> distributed)."""
+"""`train` under `torchrun --nproc_per_node=2` (gloo, CPU) on synthetic data: it finishes, writes one run folder of
+checkpoints and logs, every rank sees the same valid Dice, which is the Dice a single process computes from the
+checkpoint over the same split, and checkpoints resume in both directions (distributed -> single process ->
+distributed)."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,8 @@ import torch.distributed as dist
 
 from petseg.data import OxfordPetDataset, eval_transforms, make_synthetic_pets
 from petseg.losses import dice_per_image
-from petseg.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
+from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+from petseg.training import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="this PyTorch build has no gloo backend")
@@ -27,10 +29,10 @@ SCRIPT = """
 import os, sys
 import torch
 torch.set_num_threads(1)
-from petseg.train import TrainConfig, train
+from petseg.training import TrainConfig, train
 cfg = TrainConfig(data_root={root!r}, model_kwargs={tiny!r}, image_size=32, batch_size=4, epochs={epochs}, lr=1e-2,
-                  scheduler="none", num_workers=0, out_dir={out!r}, checkpoint_dir={ckpt!r}, progress=False,
-                  live_plot=False, resume={resume!r})
+                  scheduler="none", num_workers=0, checkpoint_dir={ckpt!r}, progress=False, live_plot=False,
+                  resume={resume!r})
 h = train(cfg)
 print(f"RANK {{os.environ['RANK']}} OF {{os.environ['WORLD_SIZE']}} epochs={{len(h)}} valid_dice={{h[-1]['valid_dice']!r}} "
       f"run_dir={{h.run_dir}}", flush=True)
@@ -46,8 +48,8 @@ def pets(tmp_path_factory) -> Path:
 def torchrun(tmp_path: Path, pets: Path, epochs: int, resume: str | None = None) -> dict[int, float]:
     "Run the training script on 2 CPU processes; return each rank's last valid Dice."
     script = tmp_path / "train_script.py"
-    script.write_text(SCRIPT.format(root=str(pets), tiny=TINY, epochs=epochs, out=str(tmp_path / "runs"),
-                                    ckpt=str(tmp_path / "ckpt"), resume=resume))
+    script.write_text(SCRIPT.format(root=str(pets), tiny=TINY, epochs=epochs, ckpt=str(tmp_path / "ckpt"),
+                                    resume=resume))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -77,17 +79,17 @@ def test_torchrun_two_processes_and_resume_both_ways(pets, tmp_path):
 
 
 def _check(pets: Path, tmp_path: Path) -> None:
-    ckpt_dir, runs = tmp_path / "ckpt", tmp_path / "runs"
+    ckpt_dir = tmp_path / "ckpt"
     # 1. two processes, two epochs
     dice = torchrun(tmp_path, pets, epochs=2)
     assert dice[0] == dice[1]  # every rank sees the same mean Dice
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["unet_best.pt", "unet_last.pt"]
-    run_dirs = list(runs.iterdir())
-    assert len(run_dirs) == 1
-    assert sorted(p.name for p in run_dirs[0].iterdir() if not p.name.startswith("events.")) == ["metrics.csv"]
-    assert len([p for p in run_dirs[0].iterdir() if p.name.startswith("events.out.tfevents")]) == 1
-    with open(run_dirs[0] / "metrics.csv") as f: assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
-    last = ckpt_dir / "unet_last.pt"
+    assert [p.name for p in ckpt_dir.iterdir()] == ["unet"]  # one run folder, written by rank 0 only
+    run_dir = ckpt_dir / "unet"
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events.")) == \
+        [".lock", "best.pt", "config.json", "last.pt", "metrics.csv"]
+    assert len([p for p in run_dir.iterdir() if p.name.startswith("events.out.tfevents")]) == 1
+    with open(run_dir / "metrics.csv") as f: assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+    last = run_dir / "last.pt"
     ck = load_checkpoint(last)
     assert ck["world_size"] == 2 and ck["epoch"] == 2
     assert not any(k.startswith("module.") for k in ck["model_state"])  # the unwrapped model's weights
@@ -101,5 +103,5 @@ def _check(pets: Path, tmp_path: Path) -> None:
     ck = load_checkpoint(last)
     assert (ck["epoch"], ck["world_size"], len(ck["history"])) == (4, 2, 4)
     assert single_process_dice(last, pets) == pytest.approx(dice[0], abs=1e-9) and dice[0] == dice[1]
-    assert len(list(runs.iterdir())) == 1  # resumed runs keep writing into the same run folder
-    with open(run_dirs[0] / "metrics.csv") as f: assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    assert [p.name for p in ckpt_dir.iterdir()] == ["unet"]  # resumed runs keep writing into the same run folder
+    with open(run_dir / "metrics.csv") as f: assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]

@@ -18,7 +18,7 @@ from petseg.data import ImageMaskFolder, OxfordPetDataset, PetsegError, make_syn
 from petseg.evaluate import evaluate
 from petseg.inference import predict
 from petseg.models import build_model
-from petseg.train import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from petseg.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 SEED = 20240601
 N_VARIANTS = 12          # per kind of corruption and per file type

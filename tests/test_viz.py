@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from petseg.data import IMAGENET_MEAN, IMAGENET_STD, OxfordPetDataset, eval_transforms
 from petseg.evaluate import evaluate, load_models
 from petseg.models import ResNet34UNet, UNet
-from petseg.train import save_checkpoint
+from petseg.checkpoint import save_checkpoint
 from petseg.viz import (ERROR_COLORS, ERROR_LABELS, TRIMAP_COLORS, SegmentationBrowser, browse, compare_models,
                         dice_histogram, error_map, error_overlay, model_summary, plot_predictions, predict_items,
                         show_augmented, show_batch, show_results, to_image, to_mask, worst_k)
