@@ -103,27 +103,27 @@ class Predictions(list):
     "A list of `Prediction`s; `skipped` holds (source, reason) for each input that could not be read."
     skipped: list[tuple[str, str]]
 
-PREDICT_MANIFEST = ".petseg-predict.json"  # in each output folder: the files petseg predict wrote there
+PREDICT_MANIFEST = ".petseg-predict.json"  # in the output folder: the files petseg predict wrote under it
 
 class OutputExistsError(OutputError):
     "Writing would replace or mix with files petseg did not write (the user's images or masks)."
 
-def _read_manifest(folder: Path) -> set[str]:
-    "Names of the files `petseg predict` wrote into `folder` (empty if none, or if the record is unreadable)."
-    try: return set(json.loads((folder / PREDICT_MANIFEST).read_text())["files"])
+def _read_manifest(out: Path) -> set[str]:
+    "Paths (relative to `out`, e.g. 'masks/cat.png') of the files `petseg predict` wrote there; empty if none or unreadable."
+    try: return set(json.loads((out / PREDICT_MANIFEST).read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError): return set()
 
-def _write_manifest(folder: Path, names: Iterable[str]):
-    "Record `names` (with those recorded before) as written by `petseg predict`."
-    files = sorted(_read_manifest(folder) | set(names))
-    write_atomically(folder / PREDICT_MANIFEST,
+def _write_manifest(out: Path, files: Iterable[str]):
+    "Record `files` (relative to `out`, with those recorded before) as written by `petseg predict`."
+    files = sorted(_read_manifest(out) | set(files))
+    write_atomically(out / PREDICT_MANIFEST,
                      lambda tmp: tmp.write_text(json.dumps(dict(written_by="petseg predict", files=files), indent=1)))
 
 def _foreign_files(folder: Path) -> list[str]:
-    "Visible files in `folder` that `petseg predict` did not write."
+    "Visible files in `folder` that `petseg predict` did not write (its record is in the folder above)."
     if not folder.is_dir(): return []
-    mine = _read_manifest(folder)
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in mine)
+    mine = _read_manifest(folder.parent)
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and f"{folder.name}/{p.name}" not in mine)
 
 def check_out_dir(out_dir: str | Path, inputs: Iterable[Any] = (), overlays: bool = True,
                   overwrite: bool = False) -> tuple[Path, Path | None]:
@@ -149,12 +149,12 @@ def check_out_dir(out_dir: str | Path, inputs: Iterable[Any] = (), overlays: boo
     return dirs[0], (dirs[1] if overlays else None)
 
 def _prepare_out_dirs(dirs: Iterable[Path | None], names: list[str]):
-    "Create the output folders and record the files about to be written in them."
+    "Create the output folders and record, in the folder above them, the files about to be written."
+    dirs = [d for d in dirs if d is not None]
     for d in dirs:
-        if d is None: continue
         try: d.mkdir(parents=True, exist_ok=True)
         except OSError as e: raise OutputError(f"could not create the output folder {d}: {e.strerror or e}") from None
-        _write_manifest(d, [f"{n}.png" for n in names])
+    _write_manifest(dirs[0].parent, [f"{d.name}/{n}.png" for d in dirs for n in names])
 
 def _save_png(array: np.ndarray, path: Path) -> Path:
     "Write `array` as a PNG at `path`, atomically (`OutputError` naming the path on failure)."
@@ -174,7 +174,7 @@ def predict(checkpoint: Any, images: Any, out_dir: str | Path | None = None, bat
     dev = get_device(device) if isinstance(device, str) else device
     models = load_models(checkpoint, dev, size)
     size = models[0].size
-    if out_dir is not None: _prepare_out_dirs((mask_dir, overlay_dir), [n for n, _ in items])
+    prepared = out_dir is None  # the folders are made once the first batch has given sound predictions
     results, skipped = Predictions(), []
     with tqdm(total=len(items), desc="predict", unit="img", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
@@ -184,6 +184,7 @@ def predict(checkpoint: Any, images: Any, out_dir: str | Path | None = None, bat
                 except PetsegError as e: skipped.append((str(src) if isinstance(src, Path) else name, str(e)))
             if batch:
                 probs = predict_probs(models, torch.stack([image_to_input(im, size) for _, _, im in batch]).to(dev), tta).cpu()
+                if not prepared: _prepare_out_dirs((mask_dir, overlay_dir), [n for n, _ in items]); prepared = True
                 for (name, src, im), p in zip(batch, probs):
                     up = upsample_probs(p, im.shape[:2])
                     mask = (up > threshold).numpy().astype(np.uint8)
