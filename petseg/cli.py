@@ -21,16 +21,17 @@ import torch
 
 import petseg
 from .data import PetsegError, download_oxford_pet, make_synthetic_pets, read_split
-from .evaluate import evaluate
-from .inference import predict
+from .evaluate import SIZE_LIMITS, OutputError, evaluate, write_atomically, write_rows_csv
+from .inference import OutputExistsError, predict
 from .models import MODEL_NAMES, build_model
 from .training import (AMP_MODES, NORMALIZATIONS, OPTIMIZERS, SCHEDULERS, ConfigError, TrainConfig, TrainingInterrupted,
                              check_config, field_help, field_section, train)
 
 # %% auto #0
-__all__ = ['positive_int', 'positive_float', 'nonneg_int', 'nonneg_float', 'DATA_ROOT', 'TRAIN_FLAG_ALIASES', 'TRAIN_CHOICES',
-           'TRAIN_TYPES', 'NOT_FLAGS', 'DEMO', 'UsageError', 'readable_file', 'readable_path', 'readable_dir',
-           'out_dir', 'out_file', 'train_config_from_args', 'run_demo', 'build_parser', 'main']
+__all__ = ['positive_int', 'positive_float', 'nonneg_int', 'nonneg_float', 'unit_interval', 'DATA_ROOT', 'TRAIN_FLAG_ALIASES',
+           'TRAIN_CHOICES', 'TRAIN_TYPES', 'NOT_FLAGS', 'DEMO', 'DEMO_MARKER', 'UsageError', 'bounded_int',
+           'open_interval', 'readable_file', 'readable_path', 'readable_dir', 'out_dir', 'out_file',
+           'train_config_from_args', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #b17d85ae
 class UsageError(Exception):
@@ -50,6 +51,27 @@ positive_int = _number(int, "a positive integer")
 positive_float = _number(float, "a positive number")
 nonneg_int = _number(int, "an integer >= 0", strict=False)
 nonneg_float = _number(float, "a number >= 0", strict=False)
+
+def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    "An argparse type: an integer from `lo` to `hi`, both included (state the limits in the flag's help too)."
+    def parse(s: str) -> int:
+        try: v = int(s)
+        except ValueError: v = None
+        if v is None or not lo <= v <= hi: raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {s!r}")
+        return v
+    return parse
+
+def open_interval(lo: float, hi: float, what: str | None = None) -> Callable[[str], float]:
+    "An argparse type: a number strictly between `lo` and `hi`."
+    what = what or f"a number strictly between {lo} and {hi}"
+    def parse(s: str) -> float:
+        try: v = float(s)
+        except ValueError: v = math.nan
+        if not lo < v < hi: raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")  # NaN fails this too
+        return v
+    return parse
+
+unit_interval = open_interval(0, 1, "a probability strictly between 0 and 1")
 
 def readable_file(s: str) -> Path:
     "An argparse type: an existing, readable file."
@@ -109,14 +131,16 @@ def _add_data_args(p: argparse.ArgumentParser, default_root: str | None = DATA_R
 
 def _add_model_input_args(p: argparse.ArgumentParser, size_help: str):
     "Input size, flip TTA and threshold flags shared by evaluate and predict."
-    p.add_argument("--size", "--image-size", "--img_size", dest="size", type=positive_int, help=size_help)
+    p.add_argument("--size", "--image-size", "--img_size", dest="size", type=bounded_int(*SIZE_LIMITS),
+                   help=f"{size_help}; {SIZE_LIMITS[0]} to {SIZE_LIMITS[1]} pixels")
     p.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
-    p.add_argument("--threshold", type=positive_float, default=0.5, help="probability threshold (default: %(default)s)")
+    p.add_argument("--threshold", type=unit_interval, default=0.5,
+                   help="probability threshold, strictly between 0 and 1 (default: %(default)s)")
 
 def _add_run_args(p: argparse.ArgumentParser, batch_size: int):
     "Batch size and device flags."
-    p.add_argument("--batch-size", "--batch_size", "--bs", dest="batch_size", type=positive_int, default=batch_size,
-                   help="default: %(default)s")
+    p.add_argument("--batch-size", "--batch_size", "--bs", dest="batch_size", type=bounded_int(1, 1024), default=batch_size,
+                   help="1 to 1024 (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
 
 # %% ../nbs/07_cli.ipynb #da6ea457
@@ -228,11 +252,22 @@ def _cmd_evaluate(args) -> int:
     res = evaluate(ckpts if len(ckpts) > 1 else ckpts[0], data_root=None if args.images_dir else args.data_root,
                    split=args.split, images_dir=args.images_dir, masks_dir=args.masks_dir, size=args.size,
                    protocol=args.protocol, tta=args.tta, threshold=args.threshold, batch_size=args.batch_size,
-                   device=args.device, num_workers=args.num_workers, out_csv=csv_path, progress=not args.quiet)
-    print(res)
-    if args.json: args.json.write_text(json.dumps(dict(res.figures(), n_images=res.n_images, protocol=res.protocol,
-                                                        size=res.size, tta=res.tta, n_models=res.n_models), indent=2))
-    return 0
+                   device=args.device, num_workers=args.num_workers, out_csv=None, progress=not args.quiet)
+    print(res)  # the figures first: a file that cannot be written must not lose them
+    failed = False
+    try: print(f"  per-image table ({len(res.rows)} rows): {write_rows_csv(res.rows, csv_path)}")
+    except OutputError as e:
+        print(f"petseg evaluate: {'error' if args.csv else 'warning'}: per-image table not saved: {e}; "
+              "choose another file with --csv PATH", file=sys.stderr)
+        failed = bool(args.csv)  # the default file beside the checkpoint is a convenience; one you asked for is not
+    if args.json:
+        figures = json.dumps(dict(res.figures(), n_images=res.n_images, protocol=res.protocol, size=res.size, tta=res.tta,
+                                  n_models=res.n_models), indent=2)
+        try: write_atomically(args.json, lambda tmp: tmp.write_text(figures))
+        except OutputError as e:
+            print(f"petseg evaluate: error: figures not saved as JSON: {e}; choose another file with --json PATH", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 def _cmd_predict(args) -> int:
     paths = list(args.paths)
@@ -243,9 +278,11 @@ def _cmd_predict(args) -> int:
         if not ckpts[0].is_file(): raise UsageError(f"{ckpts[0]}: the first argument must be a checkpoint file (or use -c CHECKPOINT)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are printed below, one per line
-        preds = predict(ckpts if len(ckpts) > 1 else ckpts[0], paths, out_dir=args.out, batch_size=args.batch_size,
-                        threshold=args.threshold, overlay=not args.no_overlay, device=args.device, tta=args.tta,
-                        size=args.size, return_masks=False, progress=not args.quiet)
+        try:
+            preds = predict(ckpts if len(ckpts) > 1 else ckpts[0], paths, out_dir=args.out, batch_size=args.batch_size,
+                            threshold=args.threshold, overlay=not args.no_overlay, device=args.device, tta=args.tta,
+                            size=args.size, return_masks=False, progress=not args.quiet, overwrite=args.overwrite)
+        except OutputExistsError as e: raise UsageError(str(e)) from None
     for src, reason in preds.skipped: print(f"petseg predict: skipped {src}: {reason}", file=sys.stderr)
     print(f"wrote {len(preds)} masks (0/255 PNG) to {args.out / 'masks'}" +
           ("" if args.no_overlay else f" and overlays to {args.out / 'overlays'}") +
@@ -256,9 +293,28 @@ def _cmd_predict(args) -> int:
 DEMO = dict(n_trainval=160, n_test=40, data_size=96, image_size=64, features=(8, 16, 32, 64), epochs=12,
             batch_size=8, lr=3e-3)
 
+DEMO_MARKER = ".petseg-demo"  # marks a folder the demo made: a later demo may replace what is in it
+
+def _claim_demo_folder(out: Path):
+    "Make `out` the demo's folder: new, empty, or an earlier demo's; anything else is refused (`OutputExistsError`)."
+    if out.exists() and not out.is_dir(): raise OutputExistsError(f"{out} exists and is a file: choose a new folder with --out")
+    if out.is_dir() and not (out / DEMO_MARKER).is_file():
+        present = sorted(p.name for p in out.iterdir())
+        if present:
+            listing = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+            raise OutputExistsError(f"{out} already holds files the demo did not write ({listing}); the demo writes "
+                                    "data/, checkpoints/, runs/ and predictions/ and would replace files of the same "
+                                    "names. Choose a new or empty folder: petseg demo --out NEW_FOLDER")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARKER).write_text("written by petseg demo: a later 'petseg demo' may replace this folder's contents\n")
+    except OSError as e: raise OutputError(f"could not write into {out}: {e.strerror or e}; choose another --out") from None
+
 def run_demo(out: str | Path = "petseg-demo", epochs: int = DEMO["epochs"], seed: int = 0, device: str = "cpu",
              threads: int = 1, progress: bool = True) -> dict:
-    "Synthetic data -> train a small UNet -> evaluate on test -> predict the test images; returns paths and figures."
+    """Synthetic data -> train a small UNet -> evaluate on test -> predict the test images; returns paths and figures.
+    `out` must be new, empty or an earlier demo's folder: the demo never writes among files it did not make."""
+    _claim_demo_folder(Path(out))
     before = torch.get_num_threads()
     if threads: torch.set_num_threads(threads)
     try: return _demo(Path(out), epochs, seed, device, progress)
@@ -280,8 +336,9 @@ def _demo(out: Path, epochs: int, seed: int, device: str, progress: bool) -> dic
                 result=result, n_predicted=len(preds), seconds=time.time() - t0)
 
 def _cmd_demo(args) -> int:
-    r = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, threads=args.threads,
-                 progress=not args.quiet)
+    try: r = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, threads=args.threads,
+                      progress=not args.quiet)
+    except OutputExistsError as e: raise UsageError(str(e)) from None
     res = r["result"]
     print(f"\npetseg demo finished in {r['seconds']:.0f} s. Everything is in {args.out}/:")
     print(f"  data         {r['data']}  (synthetic pets, Oxford-IIIT Pet layout)")
@@ -333,9 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("resized", "original"), default="resized",
                    help="resized: score at SIZE x SIZE against nearest-resized masks (the course's); original: upsample "
                    "probabilities to each image's size and score against the original mask")
-    p.add_argument("--csv", type=out_file, help="per-image table (default: <checkpoint>_<split>_per_image.csv next to the checkpoint)")
+    p.add_argument("--csv", type=out_file, help="per-image table (default: <checkpoint>_<split>_per_image.csv next to the "
+                   "checkpoint; if that cannot be written, the figures are still printed, with a warning)")
     p.add_argument("--json", type=out_file, help="also write the four figures to this JSON file")
-    p.add_argument("--num-workers", "--num_workers", type=nonneg_int, default=0, help="DataLoader workers (default: %(default)s)")
+    p.add_argument("--num-workers", "--num_workers", type=bounded_int(0, 64), default=0,
+                   help="DataLoader workers, 0 to 64 (default: %(default)s)")
     _add_run_args(p, 16)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
@@ -343,21 +402,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="masks and overlays for images or folders",
                        description="petseg predict CHECKPOINT INPUT... --out DIR (or -c CKPT [-c CKPT2 ...] INPUT... for "
                        "an ensemble). Writes DIR/masks/<name>.png (0/255, each image's own size) and DIR/overlays/<name>.png. "
-                       "Unreadable files are reported and skipped; the rest are written.")
+                       "Unreadable files are reported and skipped; the rest are written. Never writes among the input images, nor "
+                       "over files petseg did not write (see --overwrite).")
     p.add_argument("paths", nargs="+", type=readable_path, metavar="PATH", help="checkpoint (unless -c), then image files or folders")
     p.add_argument("-c", "--checkpoint", action="append", type=readable_file, help="checkpoint; repeat for an ensemble")
     p.add_argument("-o", "--out", "--out-dir", "--output", dest="out", type=out_dir, default=Path("predictions"),
                    help="output folder (default: %(default)s)")
     _add_model_input_args(p, "input size (default: the checkpoint's)")
     p.add_argument("--no-overlay", action="store_true", help="write masks only")
+    p.add_argument("--overwrite", action="store_true", help="also write into a masks/ or overlays/ folder holding files "
+                   "petseg did not write, replacing those of the same names (files an earlier predict wrote are always "
+                   "replaced; the input images never)")
     _add_run_args(p, 8)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="the whole job on synthetic data, on the CPU, in a minute or two",
                        description="Write a synthetic pet dataset, train a small UNet on the CPU, evaluate it on the test "
-                       "split, predict masks for the test images, and print where everything is and the test Dice.")
-    p.add_argument("--out", "-o", type=out_dir, default=Path("petseg-demo"), help="output folder (default: %(default)s)")
+                       "split, predict masks for the test images, and print where everything is and the test Dice. --out must be a "
+                       "new or empty folder, or one an earlier demo wrote.")
+    p.add_argument("--out", "-o", type=out_dir, default=Path("petseg-demo"),
+                   help="output folder: new, empty or an earlier demo's (default: %(default)s)")
     p.add_argument("--epochs", "--epoch", type=positive_int, default=DEMO["epochs"], help="default: %(default)s")
     p.add_argument("--seed", type=nonneg_int, default=0, help="default: %(default)s")
     p.add_argument("--device", default="cpu", help="default: %(default)s (the demo is sized for a laptop CPU)")

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import albumentations as A
 import cv2
@@ -26,8 +29,9 @@ from .losses import _ratio
 from .checkpoint import get_device, model_from_checkpoint
 
 # %% auto #0
-__all__ = ['mask_counts', 'dice_from_counts', 'iou_from_counts', 'LoadedModel', 'load_models', 'eval_mode', 'predict_probs',
-           'image_to_input', 'upsample_probs', 'EvalResult', 'write_rows_csv', 'evaluate']
+__all__ = ['SIZE_LIMITS', 'mask_counts', 'dice_from_counts', 'iou_from_counts', 'LoadedModel', 'check_size', 'check_threshold',
+           'load_models', 'eval_mode', 'ModelOutputError', 'predict_probs', 'image_to_input', 'upsample_probs',
+           'EvalResult', 'OutputError', 'write_atomically', 'write_rows_csv', 'evaluate']
 
 # %% ../nbs/04_evaluate.ipynb #8a3a4d6a
 def mask_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -57,6 +61,21 @@ class LoadedModel:
     std: tuple[float, float, float] = IMAGENET_STD
     source: str = ""
 
+SIZE_LIMITS = (16, 2048)  # input side lengths evaluate and predict accept (smaller says nothing, larger exhausts memory)
+
+def check_size(size: int, what: str = "size") -> int:
+    "`size` if it is an int within `SIZE_LIMITS`, else a `ValueError` naming `what` and the limits."
+    lo, hi = SIZE_LIMITS
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not lo <= size <= hi:
+        raise ValueError(f"{what} must be a whole number of pixels from {lo} to {hi}, got {size!r}")
+    return int(size)
+
+def check_threshold(threshold: float) -> float:
+    "`threshold` if it is a probability strictly between 0 and 1 (0 marks every pixel pet, 1 none), else `ValueError`."
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a probability strictly between 0 and 1, got {threshold!r}")
+    return float(threshold)
+
 def _as_size(size: Any) -> int:
     "An int side length from an int or an (h, w) pair."
     return int(size[0] if isinstance(size, (list, tuple)) else size)
@@ -66,6 +85,7 @@ def load_models(checkpoint_or_model: Any, device: str | torch.device = "cpu", si
     "Checkpoint path(s)/dict(s) or `nn.Module`(s) -> list of `LoadedModel` on `device` (a list is an ensemble)."
     items = list(checkpoint_or_model) if isinstance(checkpoint_or_model, (list, tuple)) else [checkpoint_or_model]
     if not items: raise PetsegError("no model given: pass a checkpoint path, a list of paths (ensemble) or an nn.Module")
+    if size is not None: check_size(size)
     out = []
     for it in items:
         if isinstance(it, nn.Module): model, ckpt, src = it.to(device), {}, type(it).__name__
@@ -87,6 +107,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         for m, training in flags: m.training = training
 
 # %% ../nbs/04_evaluate.ipynb #d7a804cf
+class ModelOutputError(PetsegError):
+    "A model produced NaN or infinite outputs (damaged weights, or a training run that diverged)."
+
 @torch.inference_mode()
 def predict_probs(models: Sequence[LoadedModel], x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     "Mean foreground probability (N,1,H,W) of `models` on RGB images `x` (N,3,H,W) in [0,1]; `tta` adds the h-flip."
@@ -103,6 +126,11 @@ def predict_probs(models: Sequence[LoadedModel], x: torch.Tensor, tta: bool = Fa
                 if logits.ndim != 4 or logits.shape[1] != 1 or logits.shape[-2:] != x.shape[-2:]:
                     raise PetsegError(f"model {m.source!r} returned shape {tuple(logits.shape)}; "
                                       f"expected (N,1,{x.shape[-2]},{x.shape[-1]}) logits for binary segmentation")
+                if not torch.isfinite(logits).all():
+                    bad = (~torch.isfinite(logits)).float().mean().item()
+                    raise ModelOutputError(f"model {m.source!r} produced NaN or infinite outputs ({bad:.0%} of the pixels): its "
+                                           "weights are damaged or its training diverged; its masks would be meaningless. "
+                                           "Use another checkpoint (an earlier epoch's, or retrain).")
                 p = torch.sigmoid(logits)
                 p = (p.flip(-1) if flip else p).to(x.device)
                 total = p if total is None else total + p
@@ -184,15 +212,40 @@ class EvalResult:
         if self.csv_path: lines.append(f"  per-image table ({len(self.rows)} rows): {self.csv_path}")
         return "\n".join(lines)
 
-def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
-    "Write per-image rows to a CSV file (parent folders created); returns the path."
+class OutputError(PetsegError):
+    "A file petseg was asked to write could not be written, or would replace files petseg did not write."
+
+def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp)` on a hidden temporary file beside `path`, then rename it to `path`: readers never see half a
+    file, and a failure (disk full, permission denied) leaves no temporary file and raises `OutputError` naming `path`."""
     path = Path(path)
-    if path.is_dir(): raise PetsegError(f"{path} is a folder: give a file name for the per-image CSV")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name", "species", "breed", "dice", "iou"])
-        w.writeheader(); w.writerows(rows)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError): os.unlink(tmp)
+        raise OutputError(f"could not write {path}: {e.strerror or e}") from None
+    except BaseException:
+        if tmp is not None:
+            with contextlib.suppress(OSError): os.unlink(tmp)
+        raise
     return path
+
+def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
+    "Write per-image rows to a CSV file (parent folders created, written atomically); returns the path."
+    path = Path(path)
+    if path.is_dir(): raise OutputError(f"{path} is a folder: give a file name for the per-image CSV")
+    def write(tmp: Path):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name", "species", "breed", "dice", "iou"])
+            w.writeheader(); w.writerows(rows)
+    return write_atomically(path, write)
+
 
 # %% ../nbs/04_evaluate.ipynb #b2a53259
 def _eval_dataset(data_root, split, images_dir, masks_dir, dataset) -> tuple[Dataset, str]:
@@ -211,10 +264,12 @@ def evaluate(checkpoint_or_model: Any, data_root: str | Path | None = None, spli
              size: int | None = None, protocol: str = "resized", tta: bool = False, threshold: float = 0.5,
              batch_size: int = 16, device: str | torch.device = "auto", num_workers: int = 0,
              out_csv: str | Path | None = None, progress: bool = True) -> EvalResult:
-    "Mean and pooled Dice and IoU of a checkpoint, model or ensemble on a split or folder, with per-image rows."
+    """Mean and pooled Dice and IoU of a checkpoint, model or ensemble on a split or folder, with per-image rows;
+    `out_csv` also writes the rows there (a failed write warns and leaves `csv_path` None)."""
     if protocol not in ("resized", "original"):
         raise ValueError(f"protocol must be 'resized' or 'original', got {protocol!r}")
     if batch_size < 1: raise ValueError(f"batch_size must be positive, got {batch_size}")
+    threshold = check_threshold(threshold)
     dev = get_device(device) if isinstance(device, str) else device
     models = load_models(checkpoint_or_model, dev, size)
     size = models[0].size
@@ -236,5 +291,9 @@ def evaluate(checkpoint_or_model: Any, data_root: str | Path | None = None, spli
     res = EvalResult(mean_dice=float(dice_from_counts(counts).mean()), pooled_dice=float(dice_from_counts(counts.sum(0))),
                      mean_iou=float(iou_from_counts(counts).mean()), pooled_iou=float(iou_from_counts(counts.sum(0))),
                      n_images=len(rows), protocol=protocol, size=size, tta=tta, n_models=len(models), data=desc, rows=rows)
-    if out_csv is not None: res.csv_path = write_rows_csv(rows, out_csv)
+    if out_csv is not None:  # the figures are worth more than the table: a failed write warns, the result comes back
+        try: res.csv_path = write_rows_csv(rows, out_csv)
+        except OutputError as e:
+            warnings.warn(f"{e}; the figures are in the result. Choose another file with out_csv= "
+                          "(petseg evaluate --csv PATH)", stacklevel=2)
     return res

@@ -5,6 +5,7 @@
 # %% ../nbs/05_inference.ipynb #c148f698
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import IMAGE_EXTS, DatasetError, ImageReadError, PetsegError, load_rgb
-from .evaluate import image_to_input, load_models, predict_probs, upsample_probs
+from .evaluate import (OutputError, check_threshold, image_to_input, load_models, predict_probs, upsample_probs,
+                             write_atomically)
 from .checkpoint import get_device
 
 # %% auto #0
-__all__ = ['collect_images', 'to_rgb', 'mask_outline', 'overlay_mask', 'Prediction', 'Predictions', 'predict']
+__all__ = ['PREDICT_MANIFEST', 'collect_images', 'to_rgb', 'mask_outline', 'overlay_mask', 'Prediction', 'Predictions',
+           'OutputExistsError', 'check_out_dir', 'predict']
 
 # %% ../nbs/05_inference.ipynb #f5d7c922
 def _unique(name: str, seen: set[str]) -> str:
@@ -100,26 +103,78 @@ class Predictions(list):
     "A list of `Prediction`s; `skipped` holds (source, reason) for each input that could not be read."
     skipped: list[tuple[str, str]]
 
-def _out_dirs(out_dir: str | Path | None, overlays: bool) -> tuple[Path | None, Path | None]:
-    "Create (and check) the masks/ and overlays/ folders under `out_dir`."
-    if out_dir is None: return None, None
+PREDICT_MANIFEST = ".petseg-predict.json"  # in the output folder: the files petseg predict wrote under it
+
+class OutputExistsError(OutputError):
+    "Writing would replace or mix with files petseg did not write (the user's images or masks)."
+
+def _read_manifest(out: Path) -> set[str]:
+    "Paths (relative to `out`, e.g. 'masks/cat.png') of the files `petseg predict` wrote there; empty if none or unreadable."
+    try: return set(json.loads((out / PREDICT_MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError): return set()
+
+def _write_manifest(out: Path, files: Iterable[str]):
+    "Record `files` (relative to `out`, with those recorded before) as written by `petseg predict`."
+    files = sorted(_read_manifest(out) | set(files))
+    write_atomically(out / PREDICT_MANIFEST,
+                     lambda tmp: tmp.write_text(json.dumps(dict(written_by="petseg predict", files=files), indent=1)))
+
+def _foreign_files(folder: Path) -> list[str]:
+    "Visible files in `folder` that `petseg predict` did not write (its record is in the folder above)."
+    if not folder.is_dir(): return []
+    mine = _read_manifest(folder.parent)
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and f"{folder.name}/{p.name}" not in mine)
+
+def check_out_dir(out_dir: str | Path, inputs: Iterable[Any] = (), overlays: bool = True,
+                  overwrite: bool = False) -> tuple[Path, Path | None]:
+    """The masks/ and overlays/ folders `predict` would write under `out_dir`, after checking it is safe: never a folder
+    holding input images; never one holding files `predict` did not write (ground-truth masks, photos) unless
+    `overwrite`. Files an earlier `predict` wrote there are replaced. Raises `OutputExistsError` before anything is written."""
     out = Path(out_dir)
-    for d in (out, out / "masks", out / "overlays"):
-        if d.exists() and not d.is_dir(): raise PetsegError(f"output folder {d} exists and is a file: choose another --out")
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    if overlays: (out / "overlays").mkdir(exist_ok=True)
-    return out / "masks", (out / "overlays" if overlays else None)
+    dirs = [out / "masks"] + ([out / "overlays"] if overlays else [])
+    for d in (out, *dirs):
+        if d.exists() and not d.is_dir(): raise OutputExistsError(f"output folder {d} exists and is a file: choose another --out")
+    input_dirs = {Path(s).resolve().parent for s in inputs if isinstance(s, (str, Path))}
+    for d in dirs:
+        if d.resolve() in input_dirs:
+            raise OutputExistsError(f"{d} holds the images to predict on: predictions would be written among them. "
+                                    f"Choose an --out folder outside it (e.g. {out / 'predictions'})")
+        foreign = _foreign_files(d)
+        if foreign and not overwrite:
+            listing = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OutputExistsError(f"{d} already holds {len(foreign)} file(s) that petseg predict did not write ({listing}): "
+                                    "they may be your ground-truth masks or photos, so nothing was written. Choose a new "
+                                    f"or empty --out folder (e.g. {out / 'predictions'}), or pass --overwrite "
+                                    "(overwrite=True) to write there anyway, replacing files of the same names")
+    return dirs[0], (dirs[1] if overlays else None)
+
+def _prepare_out_dirs(dirs: Iterable[Path | None], names: list[str]):
+    "Create the output folders and record, in the folder above them, the files about to be written."
+    dirs = [d for d in dirs if d is not None]
+    for d in dirs:
+        try: d.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise OutputError(f"could not create the output folder {d}: {e.strerror or e}") from None
+    _write_manifest(dirs[0].parent, [f"{d.name}/{n}.png" for d in dirs for n in names])
+
+def _save_png(array: np.ndarray, path: Path) -> Path:
+    "Write `array` as a PNG at `path`, atomically (`OutputError` naming the path on failure)."
+    return write_atomically(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 def predict(checkpoint: Any, images: Any, out_dir: str | Path | None = None, batch_size: int = 8,
             threshold: float = 0.5, return_probs: bool = False, overlay: bool = True, device: str | torch.device = "auto",
-            tta: bool = False, size: int | None = None, return_masks: bool = True, progress: bool = True) -> Predictions:
-    "Binary masks at each image's original size for `images` (paths, a folder, PIL images or arrays); writes PNGs to `out_dir`."
+            tta: bool = False, size: int | None = None, return_masks: bool = True, progress: bool = True,
+            overwrite: bool = False) -> Predictions:
+    """Binary masks at each image's original size for `images` (paths, a folder, PIL images or arrays); writes PNGs to
+    `out_dir`/masks and /overlays (see `check_out_dir`: the user's files are never replaced unless `overwrite`)."""
     if batch_size < 1: raise ValueError(f"batch_size must be positive, got {batch_size}")
+    threshold = check_threshold(threshold)
+    items = collect_images(images)
+    mask_dir = overlay_dir = None
+    if out_dir is not None: mask_dir, overlay_dir = check_out_dir(out_dir, [s for _, s in items], overlay, overwrite)
     dev = get_device(device) if isinstance(device, str) else device
     models = load_models(checkpoint, dev, size)
     size = models[0].size
-    items = collect_images(images)
-    mask_dir, overlay_dir = _out_dirs(out_dir, overlay)
+    prepared = out_dir is None  # the folders are made once the first batch has given sound predictions
     results, skipped = Predictions(), []
     with tqdm(total=len(items), desc="predict", unit="img", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
@@ -129,17 +184,16 @@ def predict(checkpoint: Any, images: Any, out_dir: str | Path | None = None, bat
                 except PetsegError as e: skipped.append((str(src) if isinstance(src, Path) else name, str(e)))
             if batch:
                 probs = predict_probs(models, torch.stack([image_to_input(im, size) for _, _, im in batch]).to(dev), tta).cpu()
+                if not prepared: _prepare_out_dirs((mask_dir, overlay_dir), [n for n, _ in items]); prepared = True
                 for (name, src, im), p in zip(batch, probs):
                     up = upsample_probs(p, im.shape[:2])
                     mask = (up > threshold).numpy().astype(np.uint8)
                     pred = Prediction(name, str(src) if isinstance(src, Path) else name, im.shape[:2],
                                       mask if return_masks else None, up.numpy() if return_probs else None)
                     if mask_dir is not None:
-                        pred.mask_path = mask_dir / f"{name}.png"
-                        Image.fromarray(mask * 255).save(pred.mask_path)
+                        pred.mask_path = _save_png(mask * 255, mask_dir / f"{name}.png")
                     if overlay_dir is not None:
-                        pred.overlay_path = overlay_dir / f"{name}.png"
-                        Image.fromarray(overlay_mask(im, mask)).save(pred.overlay_path)
+                        pred.overlay_path = _save_png(overlay_mask(im, mask), overlay_dir / f"{name}.png")
                     results.append(pred)
             bar.update(len(items[start:start + batch_size]))
     results.skipped = skipped
