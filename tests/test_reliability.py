@@ -6,7 +6,6 @@ wrapper patches the file functions of a real `petseg` process so that writes und
 from __future__ import annotations
 
 import csv
-import dataclasses
 import errno
 import hashlib
 import os
