@@ -29,10 +29,10 @@ from .learner import CancelFitException, Callback, Learner, plot_history
 
 # %% auto #0
 __all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted', 'DeviceCallback', 'ChannelsLast', 'EpochTotals',
-           'Recorder', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for', 'MixedPrecision', 'NonFiniteGuard',
-           'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'say', 'StopOnSignal', 'SaveCheckpoints', 'EarlyStopping',
-           'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot', 'EpochFunction',
-           'item_seed', 'SetEpoch', 'DeviceAugment', 'CompileModel']
+           'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for', 'MixedPrecision',
+           'NonFiniteGuard', 'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'say', 'StopOnSignal',
+           'SaveCheckpoints', 'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback',
+           'in_notebook', 'LivePlot', 'EpochFunction', 'item_seed', 'SetEpoch', 'DeviceAugment', 'CompileModel']
 
 # %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
 class TrainingError(PetsegError):
@@ -121,6 +121,11 @@ class Recorder(Callback):
     def load_state_dict(self, state: dict) -> None: self.history = [dict(r) for r in state.get("history", [])]
 
 # %% ../nbs/03b_callbacks.ipynb #5a1bea29
+def schedule_state(scheduler) -> dict:
+    "`scheduler.state_dict()` without its annealing function (rebuilt on load), so `weights_only` loading accepts it."
+    return {k: v for k, v in scheduler.state_dict().items() if k != "anneal_func"}
+
+
 class LRScheduler(Callback):
     "Step `scheduler` after every optimizer step (unless `active` is False)."
     def __init__(self, scheduler): self.scheduler, self.active = scheduler, True
@@ -129,7 +134,7 @@ class LRScheduler(Callback):
         with warnings.catch_warnings():  # a GradScaler may skip a step; the schedule goes on regardless
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
-    def state_dict(self) -> dict: return self.scheduler.state_dict()
+    def state_dict(self) -> dict: return schedule_state(self.scheduler)
     def load_state_dict(self, state: dict) -> None:
         if state: self.scheduler.load_state_dict(state)
 
@@ -426,7 +431,7 @@ class SWA(Callback):
 
     def state_dict(self) -> dict:
         if self.model is None: return {}
-        return {"model": self.model.state_dict(), "schedule": self.schedule.state_dict() if self.schedule else None}
+        return {"model": self.model.state_dict(), "schedule": schedule_state(self.schedule) if self.schedule else None}
     def load_state_dict(self, state: dict) -> None: self._state = state or None
 
 # %% ../nbs/03b_callbacks.ipynb #3b0cd9f8

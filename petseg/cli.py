@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -226,7 +227,9 @@ def train_config_from_args(args) -> TrainConfig:
 
 def _cmd_train(args) -> int:
     cfg = train_config_from_args(args)
-    if not cfg.resume: check_config(cfg)            # bad values are refused before any download
+    if not cfg.resume:                              # bad values are refused before any download, named as flags
+        try: check_config(cfg)
+        except ConfigError as e: raise UsageError(re.sub(r"^(\w+)=", lambda m: f"--{m.group(1).replace('_', '-')} ", str(e))) from None
     if cfg.data_root is not None and not _has_pets(cfg.data_root):
         if Path(cfg.data_root).exists() and not Path(cfg.data_root).is_dir(): raise UsageError(f"--data-root {cfg.data_root} is a file, not a folder")
         if not args.no_download:
