@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['EVENTS', 'ImageMaskPairs', 'plot_history', 'CancelFitException', 'CancelEpochException', 'CancelBatchException',
@@ -98,59 +99,70 @@ class Learner:
             method = getattr(cb, event, None)
             if method is not None: method()
 
-    # the steps of one batch: callbacks may replace `backward` and `step` (mixed precision does)
-    def predict(self) -> None: self.pred = self.model(self.xb)
-    def get_loss(self) -> None: self.loss = self.loss_func(self.pred, self.yb)
-    def backward(self) -> None: self.loss.backward()
-    def step(self) -> None: self.opt.step()
 
-    def one_batch(self) -> None:
-        "Forward, loss, and when training backward and step, with events between."
-        try:
-            self.predict();  self.callback("after_pred")
-            self.get_loss(); self.callback("after_loss")
-            if self.training:
-                self.backward(); self.callback("before_step")
-                self.step();     self.callback("after_step")
-                self.opt.zero_grad(set_to_none=True)
-        except CancelBatchException: pass
-        self.callback("after_batch")
+# %% ../nbs/03_learner.ipynb #4405b7c5
+# the steps of one batch: callbacks may replace `backward` and `step` (mixed precision does)
+@patch
+def predict(self: Learner) -> None: self.pred = self.model(self.xb)
+@patch
+def get_loss(self: Learner) -> None: self.loss = self.loss_func(self.pred, self.yb)
+@patch
+def backward(self: Learner) -> None: self.loss.backward()
+@patch
+def step(self: Learner) -> None: self.opt.step()
 
-    def batches(self, dl: Iterable) -> Iterator[tuple]:
-        "Yield `(xb, yb)` of `dl` after the `before_batch` event (moving to the device, augmenting, ...)."
-        for self.iter, (self.xb, self.yb) in enumerate(dl):
-            self.callback("before_batch")
-            yield self.xb, self.yb
+@patch
+def one_batch(self: Learner) -> None:
+    "Forward, loss, and when training backward and step, with events between."
+    try:
+        self.predict();  self.callback("after_pred")
+        self.get_loss(); self.callback("after_loss")
+        if self.training:
+            self.backward(); self.callback("before_step")
+            self.step();     self.callback("after_step")
+            self.opt.zero_grad(set_to_none=True)
+    except CancelBatchException: pass
+    self.callback("after_batch")
 
-    def one_phase(self, training: bool) -> None:
-        "One pass over the training (`training=True`) or validation batches."
-        self.training, phase = training, "train" if training else "validate"
-        self.dl = self.train_dl if training else self.valid_dl
-        self.callback(f"before_{phase}")
-        self.model.train(training)
-        with torch.set_grad_enabled(training):
-            for _ in self.batches(self.dl): self.one_batch()
-        self.callback(f"after_{phase}")
+@patch
+def batches(self: Learner, dl: Iterable) -> Iterator[tuple]:
+    "Yield `(xb, yb)` of `dl` after the `before_batch` event (moving to the device, augmenting, ...)."
+    for self.iter, (self.xb, self.yb) in enumerate(dl):
+        self.callback("before_batch")
+        yield self.xb, self.yb
 
-    def fit(self, n_epochs: int, start_epoch: int = 0) -> "Learner":
-        "Train epochs `start_epoch + 1` .. `n_epochs`; a callback ends early by setting `stop_reason` or raising."
-        self.n_epochs, self.stop_reason = n_epochs, None
-        try:
-            self.callback("before_fit")
-            for self.epoch in range(start_epoch + 1, n_epochs + 1):
-                try:
-                    self.callback("before_epoch")
-                    self.one_phase(True)
-                    self.one_phase(False)
-                    self.callback("after_epoch")
-                except CancelEpochException: pass
-                if self.stop_reason: break
-            self.stop_reason = self.stop_reason or "finished"
-            self.callback("after_fit")
-        except CancelFitException: self.callback("after_fit")
-        except Exception as e:
-            self.error = e
-            self.callback("on_error")  # a callback may raise a clearer error instead
-            raise
-        finally: self.callback("cleanup_fit")
-        return self
+# %% ../nbs/03_learner.ipynb #6ce69fe7
+@patch
+def one_phase(self: Learner, training: bool) -> None:
+    "One pass over the training (`training=True`) or validation batches."
+    self.training, phase = training, "train" if training else "validate"
+    self.dl = self.train_dl if training else self.valid_dl
+    self.callback(f"before_{phase}")
+    self.model.train(training)
+    with torch.set_grad_enabled(training):
+        for _ in self.batches(self.dl): self.one_batch()
+    self.callback(f"after_{phase}")
+
+@patch
+def fit(self: Learner, n_epochs: int, start_epoch: int = 0) -> "Learner":
+    "Train epochs `start_epoch + 1` .. `n_epochs`; a callback ends early by setting `stop_reason` or raising."
+    self.n_epochs, self.stop_reason = n_epochs, None
+    try:
+        self.callback("before_fit")
+        for self.epoch in range(start_epoch + 1, n_epochs + 1):
+            try:
+                self.callback("before_epoch")
+                self.one_phase(True)
+                self.one_phase(False)
+                self.callback("after_epoch")
+            except CancelEpochException: pass
+            if self.stop_reason: break
+        self.stop_reason = self.stop_reason or "finished"
+        self.callback("after_fit")
+    except CancelFitException: self.callback("after_fit")
+    except Exception as e:
+        self.error = e
+        self.callback("on_error")  # a callback may raise a clearer error instead
+        raise
+    finally: self.callback("cleanup_fit")
+    return self

@@ -464,7 +464,7 @@ def _open_run(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext) -> Path:
         say(f"An earlier run is kept in {wanted}: this run is {run_dir.name!r} (overwrite=True / --overwrite replaces it).")
     return run_dir
 
-
+# %% ../nbs/03d_training.ipynb #1b5ae660
 def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[dict, list], Any]] | None = None) -> History:
     """Train a model as `config` says; return its `History`. `callbacks`: more `Callback`s, or functions called as
     `fn(row, history)` after each epoch. Raises `TrainingInterrupted` after SIGINT/SIGTERM (resumable checkpoint
