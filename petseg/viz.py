@@ -481,10 +481,15 @@ def dice_histogram(table, bins: int = 20, title: str | None = None, max_breeds: 
     return fig
 
 # %% ../nbs/06_viz.ipynb #c5a0be56
+def _checkpoint_name(path: str | Path) -> str:
+    "A checkpoint's name for titles: `<run>_best` for a run folder's `<run>/best.pt`, else the file's stem."
+    p = Path(path)
+    return f"{p.parent.name}_{p.stem}" if p.stem in ("best", "last", "swa") and p.parent.name else p.stem
+
 def _model_name(spec) -> str:
-    if isinstance(spec, (str, Path)): return Path(spec).stem
+    if isinstance(spec, (str, Path)): return _checkpoint_name(spec)
     if isinstance(spec, nn.Module): return type(spec).__name__
-    if isinstance(spec, LoadedModel): return Path(spec.source).stem if spec.source else type(spec.model).__name__
+    if isinstance(spec, LoadedModel): return _checkpoint_name(spec.source) if spec.source else type(spec.model).__name__
     return str(spec.get("model_name", "checkpoint")) if isinstance(spec, Mapping) else type(spec).__name__
 
 def _as_models(models) -> dict[str, Any]:
