@@ -467,6 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PetsegError as e:
         print(f"petseg {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a folder that cannot be written (read-only, full disk) outside petseg's own checks
+        where = f" {e.filename}" if e.filename else ""
+        print(f"petseg {args.command}: error: cannot write or read{where}: {e.strerror or e}. Choose another folder "
+              "or free some space.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"petseg {args.command}: interrupted", file=sys.stderr)
         return 130

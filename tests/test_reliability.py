@@ -22,7 +22,7 @@ from PIL import Image
 
 import petseg.data
 from petseg import cli
-from petseg.evaluate import OutputError, evaluate
+from petseg.evaluate import OutputError, evaluate, write_rows_csv
 from petseg.inference import OutputExistsError, predict
 
 from petseg.training import TrainConfig, train
@@ -239,7 +239,7 @@ def test_failed_csv_write_keeps_the_old_file_and_warns(ckpt, synthetic_root, tmp
     assert old.read_text() == "name,dice\nold,1.0\n" and [p.name for p in tmp_path.iterdir()] == ["rows.csv"]
     with pytest.raises(OutputError, match="not_a_folder"):                           # a real OSError, no patching
         (tmp_path / "not_a_folder").write_text("x")
-        petseg.evaluate.write_rows_csv(res.rows, tmp_path / "not_a_folder" / "rows.csv")
+        write_rows_csv(res.rows, tmp_path / "not_a_folder" / "rows.csv")
 
 
 # 4. command-line values are bounded in the parser, with the limits in --help

@@ -534,3 +534,16 @@ def test_an_error_in_a_dataloader_worker_exits_promptly_with_one_message(tmp_pat
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     assert f"{trimap} has values [0]" in proc.stderr
     assert "Traceback" not in proc.stderr and "worker process" not in proc.stderr, proc.stderr
+
+
+def test_a_log_folder_that_cannot_be_written_is_one_line(pets, tmp_path, monkeypatch, capsys):
+    "A read-only or full run folder met by the logs (not by a checkpoint write): exit 1, one line naming the file."
+    from petseg import callbacks, cli
+    def refuse(self): raise PermissionError(errno.EACCES, "Permission denied", str(self.csv_path))
+    monkeypatch.setattr(callbacks.MetricsLogger, "before_fit", refuse)
+    code = cli.main(["train", "--data-root", str(pets), "--no-download", "--epochs", "1", "--size", "32", "--features",
+                     "4,8,16,32", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
+                     "--checkpoint-dir", str(tmp_path / "ck"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(tmp_path / "ck" / "unet" / "metrics.csv") in err and "Permission denied" in err, err
