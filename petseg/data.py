@@ -422,11 +422,11 @@ def course_data(verbose: bool = True) -> Path:
     here = Path.cwd()
     for folder in _up_to_repo_root(here):
         if _is_pet_root(root := folder / DOWNLOAD_ROOT):
-            say(f"Using the full Oxford-IIIT Pet at {root} ({ATTRIBUTION}).")
+            say(f"Using the full Oxford-IIIT Pet at {os.path.relpath(root)} ({ATTRIBUTION}).")
             return root
     for folder in [here, *here.parents]:
         if _is_pet_root(root := folder / SAMPLE_ROOT):
-            say(f"Using the real 600-photo sample of Oxford-IIIT Pet at {root} ({ATTRIBUTION}).")
+            say(f"Using the real 600-photo sample of Oxford-IIIT Pet at {os.path.relpath(root)} ({ATTRIBUTION}).")
             return root
     root = _synthetic_pets_cache()
     say(f"No Oxford-IIIT Pet found (set PETSEG_DATA or run `petseg download`): using synthetic pets at {root}.")
