@@ -3,7 +3,8 @@
 
   (a) JPEG decode + albumentations `train_transforms` (OxfordPetDataset + DataLoader), per worker count,
   (b) the resized uint8 cache + albumentations `train_transforms`, per worker count,
-  (c) the device-side path: the cached train set as tensors on --device, augmented there (DeviceLoader),
+  (c) the on-device path training takes on a GPU: uint8 cache batches (no CPU transform), moved to --device and
+      augmented there by DeviceAugment, per worker count,
 
 next to the rate at which ResNet34UNet consumes images in training on --device (same size and batch), so the
 "x model" column says whether the loader keeps up (>= 1) or starves the model (< 1).
@@ -34,20 +35,23 @@ from torch.utils.data import DataLoader
 
 from bench_model import Runner, loadavg, sync, timed
 from bench_model import parse_args as model_args
-from petseg.augment import device_loader_for
+from petseg.augment import DeviceAugment
 from petseg.data import OxfordPetDataset, cached_arrays, make_synthetic_pets, train_transforms
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "oxford-pet-sample"
 
 
-def loader_rate(ds, batch_size: int, workers: int, epochs: int, device: torch.device) -> float:
-    "Images/s of a DataLoader over `ds` after one warm-up epoch; batches are moved to `device` as training would."
+def loader_rate(ds, batch_size: int, workers: int, epochs: int, device: torch.device, on_device=None) -> float:
+    """Images/s of a DataLoader over `ds` after one warm-up epoch; batches are moved to `device` as training would,
+    then given to `on_device(images, masks)` when set (the on-device augmentation)."""
     dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
                     persistent_workers=workers > 0, pin_memory=device.type == "cuda")
     def epoch() -> int:
         n = 0
         for b in dl:
-            b["image"].to(device, non_blocking=True); b["mask"].to(device, non_blocking=True); n += len(b["image"])
+            x, y = b["image"].to(device, non_blocking=True), b["mask"].to(device, non_blocking=True)
+            if on_device: on_device(x, y)
+            n += len(x)
         sync(device)
         return n
     epoch()
@@ -55,16 +59,10 @@ def loader_rate(ds, batch_size: int, workers: int, epochs: int, device: torch.de
     return n / (time.perf_counter() - t)
 
 
-def device_rate(root: Path, size: int, batch_size: int, epochs: int, device: torch.device, cache_dir: Path) -> float:
-    "Images/s of the device-side path: cached uint8 tensors on `device`, DeviceAugment per batch."
-    dl = device_loader_for(root, "train", size, device, batch_size=batch_size, cache_dir=cache_dir, progress=False)
-    def epoch() -> int:
-        n = sum(len(b["image"]) for b in dl)
-        sync(device)
-        return n
-    epoch()
-    t, n = time.perf_counter(), sum(epoch() for _ in range(epochs))
-    return n / (time.perf_counter() - t)
+def device_augment(size: int, device: torch.device):
+    "What the DeviceAugment training callback does to a uint8 (N,H,W,3) batch and its (N,H,W) masks on `device`."
+    aug = DeviceAugment(size, generator=torch.Generator(device=device).manual_seed(0))
+    return lambda x, y: aug(x.permute(0, 3, 1, 2), y.unsqueeze(1))
 
 
 def model_rate(size: int, batch_size: int, steps: int, device: torch.device) -> float:
@@ -123,6 +121,7 @@ def main(argv=None) -> list[dict]:
             jpeg_ds = OxfordPetDataset(root, "train", transform=train_transforms(args.size), progress=False)
             cache_ds = OxfordPetDataset(root, "train", transform=train_transforms(args.size), cache_size=args.size,
                                         cache_dir=cache_dir, progress=False)
+            raw_ds = OxfordPetDataset(root, "train", cache_size=args.size, cache_dir=cache_dir, progress=False)
         print(f"data: {root} train split, {n_train} images; size {args.size}; batch {args.batch_size}; "
               f"uint8 cache built in {build_s:.1f} s; {os.cpu_count()} CPUs; device {device}; load average {loadavg()}")
         if args.model_ips: model_ips = args.model_ips
@@ -132,8 +131,10 @@ def main(argv=None) -> list[dict]:
         for name, ds in (("(a) JPEG decode + augment", jpeg_ds), ("(b) uint8 cache + augment", cache_ds)):
             for w in workers:
                 rows.append(measured(name, w, lambda: loader_rate(ds, args.batch_size, w, args.epochs, device)))
-        rows.append(measured(f"(c) on-device augment ({device.type})", "-",
-                             lambda: device_rate(root, args.size, args.batch_size, args.epochs, device, cache_dir)))
+        on_device = device_augment(args.size, device)
+        for w in workers:
+            rows.append(measured(f"(c) uint8 cache, augment on {device.type}", w,
+                                 lambda: loader_rate(raw_ds, args.batch_size, w, args.epochs, device, on_device)))
     head = f"{'pipeline':34s} {'workers':>7s} {'images/s':>10s} {'x model':>8s}"
     print(head); print("-" * len(head))
     for r in rows:

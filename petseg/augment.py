@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, cached_arrays, train_transforms
+from .data import IMAGENET_MEAN, IMAGENET_STD, train_transforms
 
 # %% auto #0
 __all__ = ['AugmentRecipe', 'recipe_from_albumentations', 'geometry_lookup', 'frame_coverage', 'color_jitter', 'DeviceAugment',
-           'normalize', 'augmentation_stats', 'DeviceLoader', 'device_loader_for']
+           'normalize', 'augmentation_stats']
 
 # %% ../nbs/00a_augment.ipynb #57f28d5e
 @dataclass(frozen=True)
@@ -284,77 +282,3 @@ def augmentation_stats(images: torch.Tensor, masks: torch.Tensor, mean: tuple[fl
     cov = (m * dx * dy).sum((1, 2)) / ((m * dx**2).sum((1, 2)) * (m * dy**2).sum((1, 2))).sqrt().clamp_min(1e-8)
     return dict(mask_cx=cx, mask_area=area, mask_tilt=cov, brightness=x.mean((1, 2, 3)), contrast=_grey(x).flatten(1).std(1),
                 redness=(x[:, 0] - x[:, 1]).mean((1, 2)))
-
-# %% ../nbs/00a_augment.ipynb #d56e87e3
-def _as_nchw(images, masks) -> tuple[torch.Tensor, torch.Tensor]:
-    "uint8 images (N,3,H,W) or (N,H,W,3) and masks (N,1,H,W) or (N,H,W), arrays or tensors, as NCHW tensors."
-    images, masks = torch.as_tensor(images), torch.as_tensor(masks)
-    if images.dim() != 4 or 3 not in (images.shape[1], images.shape[-1]):
-        raise ValueError(f"images must be (N,3,H,W) or (N,H,W,3), got shape {tuple(images.shape)}.")
-    if images.shape[1] != 3: images = images.permute(0, 3, 1, 2)
-    if masks.dim() == 3: masks = masks.unsqueeze(1)
-    if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"masks must be (N,H,W) or (N,1,H,W) matching images {tuple(images.shape)}, got {tuple(masks.shape)}.")
-    if images.dtype != torch.uint8 or masks.dtype != torch.uint8:
-        raise ValueError(f"images and masks must be uint8 (the resized cache), got {images.dtype} and {masks.dtype}.")
-    return images.contiguous(), masks.contiguous()
-
-# %% ../nbs/00a_augment.ipynb #f5d708e2
-class DeviceLoader:
-    "Shuffled batches of uint8 `images`/`masks` held on one device, augmented (or only normalised) there."
-    def __init__(self, images, masks, batch_size: int, shuffle: bool = True,
-                 augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 drop_last: bool = False, seed: int = 0,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
-        if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        self.images, self.masks = _as_nchw(images, masks)
-        self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
-        self.seed, self.mean, self.std, self.epoch = seed, tuple(mean), tuple(std), 0
-
-    @property
-    def device(self) -> torch.device: return self.images.device
-
-    def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(self.images)
-        if self.shuffle: order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).to(self.device)
-        else: order = torch.arange(n, device=self.device)
-        self.epoch += 1
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            imgs, msks = self.images[idx], self.masks[idx]
-            if self.augment is not None: x, y = self.augment(imgs, msks)
-            else: x, y = normalize(imgs.float().div_(255), self.mean, self.std), msks.float()
-            yield dict(image=x, mask=y)
-
-# %% ../nbs/00a_augment.ipynb #e96fdc8e
-def _to_device(images: np.ndarray, masks: np.ndarray, device: torch.device, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    "Copy (read-only, memory-mapped) NHWC uint8 arrays to NCHW tensors on `device`, a chunk at a time."
-    n = len(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or masks.shape != images.shape[:3]:
-        raise ValueError(f"expected images (N,H,W,3) and masks (N,H,W), got {images.shape} and {masks.shape}.")
-    out_x = torch.empty((n, 3, *images.shape[1:3]), dtype=torch.uint8, device=device)
-    out_y = torch.empty((n, 1, *images.shape[1:3]), dtype=torch.uint8, device=device)
-    for i in range(0, n, chunk):
-        out_x[i:i + chunk] = torch.from_numpy(np.array(images[i:i + chunk], dtype=np.uint8)).to(device).permute(0, 3, 1, 2)
-        out_y[i:i + chunk] = torch.from_numpy(np.array(masks[i:i + chunk], dtype=np.uint8)).to(device).unsqueeze(1)
-    return out_x, out_y
-
-
-def device_loader_for(dataset_root: str | Path, split: str, size: int, device: str | torch.device, batch_size: int = 16,
-                      augment: bool | Callable | None = None, shuffle: bool | None = None, drop_last: bool | None = None,
-                      seed: int = 0, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                      cache_dir: str | Path | None = None, progress: bool = True) -> DeviceLoader:
-    "A `DeviceLoader` over `split` of the dataset at `dataset_root`, resized to `size` and held on `device`."
-    device = torch.device(device)
-    train = split == "train"
-    images, masks, _ = cached_arrays(dataset_root, split, size, cache_dir=cache_dir, progress=progress)
-    images, masks = _to_device(images, masks, device)
-    if augment is None: augment = train
-    if augment is True:
-        augment = DeviceAugment(size, mean, std, generator=torch.Generator(device=device).manual_seed(seed))
-    return DeviceLoader(images, masks, batch_size, shuffle=train if shuffle is None else shuffle, augment=augment or None,
-                        drop_last=train if drop_last is None else drop_last, seed=seed, mean=mean, std=std)
