@@ -16,7 +16,7 @@ from .data import IMAGENET_MEAN, IMAGENET_STD, train_transforms
 
 # %% auto #0
 __all__ = ['AugmentRecipe', 'recipe_from_albumentations', 'geometry_lookup', 'frame_coverage', 'color_jitter', 'DeviceAugment',
-           'normalize', 'augmentation_stats']
+           'normalize']
 
 # %% ../nbs/00a_augment.ipynb #57f28d5e
 @dataclass(frozen=True)
@@ -266,19 +266,3 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     "(x - mean) / std per channel for float images (B,3,H,W) in [0, 1]."
     m, s = _const(mean, x.device, x.dtype).view(1, -1, 1, 1), _const(std, x.device, x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
-
-# %% ../nbs/00a_augment.ipynb #c57cee26
-def augmentation_stats(images: torch.Tensor, masks: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, torch.Tensor]:
-    "Per-sample statistics of augmented normalised `images` (B,3,H,W) and `masks` (B,1,H,W) for comparing pipelines."
-    x = (images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
-    m = masks[:, 0].float()
-    w = m.shape[-1]
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
-    area = m.mean((1, 2))
-    cx = (m.sum(1) * xs).sum(1) / m.sum((1, 2)).clamp_min(1)
-    ys = xs.view(-1, 1)[: m.shape[-2]] if m.shape[-2] == w else ((torch.arange(m.shape[-2], dtype=torch.float32) + 0.5) / m.shape[-2]).view(-1, 1)
-    cy = (m * ys).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
-    dx, dy = xs.view(1, 1, -1) - cx.view(-1, 1, 1), ys.view(1, -1, 1) - cy.view(-1, 1, 1)
-    cov = (m * dx * dy).sum((1, 2)) / ((m * dx**2).sum((1, 2)) * (m * dy**2).sum((1, 2))).sqrt().clamp_min(1e-8)
-    return dict(mask_cx=cx, mask_area=area, mask_tilt=cov, brightness=x.mean((1, 2, 3)), contrast=_grey(x).flatten(1).std(1),
-                redness=(x[:, 0] - x[:, 1]).mean((1, 2)))
