@@ -20,11 +20,11 @@ from .checkpoint import get_rng_state, remove_stale_temporaries, save_checkpoint
 from .learner import CancelFitException, Callback, Learner, plot_history
 
 # %% auto #0
-__all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted', 'DeviceCallback', 'ChannelsLast', 'EpochTotals',
-           'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for', 'MixedPrecision',
-           'NonFiniteGuard', 'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'say', 'StopOnSignal',
-           'SaveCheckpoints', 'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback',
-           'in_notebook', 'LivePlot', 'EpochFunction', 'item_seed', 'SetEpoch', 'DeviceAugment', 'CompileModel']
+__all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted', 'say', 'DeviceCallback', 'ChannelsLast',
+           'EpochTotals', 'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for',
+           'MixedPrecision', 'NonFiniteGuard', 'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'SaveCheckpoints',
+           'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot',
+           'EpochFunction', 'item_seed', 'SetEpoch', 'DeviceAugment', 'CompileModel', 'StopOnSignal']
 
 # %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
 class TrainingError(PetsegError):
@@ -39,6 +39,11 @@ class TrainingInterrupted(PetsegError):
     def exit_code(self) -> int:
         "The shell's convention for a process ended by a signal: 128 + signal number (130 for Ctrl-C, 143 for kill)."
         return 128 + int(self.signum or signal.SIGINT)
+
+def say(msg: str) -> None:
+    "Print a line without breaking progress bars."
+    tqdm.write(msg)
+
 
 # %% ../nbs/03b_callbacks.ipynb #89676b47
 class DeviceCallback(Callback):
@@ -195,51 +200,6 @@ class WorkerErrors(Callback):
         try: clean = type(e)(msg)
         except Exception: clean = TrainingError(msg)
         raise clean from None
-
-# %% ../nbs/03b_callbacks.ipynb #31d955a9
-def say(msg: str) -> None:
-    "Print a line without breaking progress bars."
-    tqdm.write(msg)
-
-class StopOnSignal(Callback):
-    "On SIGINT/SIGTERM stop after the current batch and raise `TrainingInterrupted`; a second signal aborts now."
-    order = 100
-    def __init__(self, grace: float = 2.0, every: int = 10, verbose: bool = True):
-        self.grace, self.every, self.verbose, self.signum, self._old = grace, every, verbose, None, {}
-        self.agree, self.collective = (lambda signum: signum), False   # the distributed callback sets both
-    def before_fit(self):
-        self.signum = None
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._handler)
-    def _handler(self, signum: int, frame) -> None:
-        if self.signum is None:
-            self.signum, self._first = signum, time.monotonic()
-            if self.verbose: print(f"\n{signal.Signals(signum).name} received: stopping after this batch "
-                                   "(press Ctrl-C again to abort at once)...", file=sys.stderr, flush=True)
-        elif time.monotonic() - self._first > self.grace:  # sooner ones are echoes (torchrun forwards Ctrl-C as SIGTERM)
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
-    def _poll(self) -> None:
-        signum = self.agree(self.signum or 0)
-        if signum:
-            self.signum, self.learn.stop_reason = signum, "interrupted"
-            raise CancelFitException()
-    def after_batch(self):
-        if not self.collective or (self.learn.training and self.learn.iter % self.every == self.every - 1): self._poll()
-    def after_epoch(self):
-        if self.collective: self._poll()
-    def after_fit(self):
-        if self.learn.stop_reason != "interrupted": return
-        saver = getattr(self.learn, "save_checkpoints", None)
-        last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
-        where = (f"a resumable checkpoint (end of epoch {saver.saved_epoch}) is at {last}.\nResume with:  petseg train "
-                 f"--resume {last}\n(or in Python: train(TrainConfig(resume={str(last)!r})))" if last else
-                 "no checkpoint was written.")
-        msg = f"Training stopped by {signal.Signals(self.signum).name} in epoch {self.learn.epoch}; {where}"
-        if self.verbose: say(msg)
-        raise TrainingInterrupted(msg, last, self.signum)
-    def cleanup_fit(self):
-        for s, h in self._old.items(): signal.signal(s, h)
-        self._old = {}
 
 # %% ../nbs/03b_callbacks.ipynb #fc992168
 class SaveCheckpoints(Callback):
@@ -455,3 +415,44 @@ class CompileModel(Callback):
     "Train and validate `torch.compile(model)`."
     order = -40
     def before_fit(self): self.learn.model = torch.compile(self.learn.model)
+
+# %% ../nbs/03b_callbacks.ipynb #31d955a9
+class StopOnSignal(Callback):
+    "On SIGINT/SIGTERM stop after the current batch and raise `TrainingInterrupted`; a second signal aborts now."
+    order = 100
+    def __init__(self, grace: float = 2.0, every: int = 10, verbose: bool = True):
+        self.grace, self.every, self.verbose, self.signum, self._old = grace, every, verbose, None, {}
+        self.agree, self.collective = (lambda signum: signum), False   # the distributed callback sets both
+    def before_fit(self):
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._handler)
+    def _handler(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum, self._first = signum, time.monotonic()
+            if self.verbose: print(f"\n{signal.Signals(signum).name} received: stopping after this batch "
+                                   "(press Ctrl-C again to abort at once)...", file=sys.stderr, flush=True)
+        elif time.monotonic() - self._first > self.grace:  # sooner ones are echoes (torchrun forwards Ctrl-C as SIGTERM)
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
+    def _poll(self) -> None:
+        signum = self.agree(self.signum or 0)
+        if signum:
+            self.signum, self.learn.stop_reason = signum, "interrupted"
+            raise CancelFitException()
+    def after_batch(self):
+        if not self.collective or (self.learn.training and self.learn.iter % self.every == self.every - 1): self._poll()
+    def after_epoch(self):
+        if self.collective: self._poll()
+    def after_fit(self):
+        if self.learn.stop_reason != "interrupted": return
+        saver = getattr(self.learn, "save_checkpoints", None)
+        last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
+        where = (f"a resumable checkpoint (end of epoch {saver.saved_epoch}) is at {last}.\nResume with:  petseg train "
+                 f"--resume {last}\n(or in Python: train(TrainConfig(resume={str(last)!r})))" if last else
+                 "no checkpoint was written.")
+        msg = f"Training stopped by {signal.Signals(self.signum).name} in epoch {self.learn.epoch}; {where}"
+        if self.verbose: say(msg)
+        raise TrainingInterrupted(msg, last, self.signum)
+    def cleanup_fit(self):
+        for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}
