@@ -5,17 +5,9 @@
 # %% ../nbs/03b_callbacks.ipynb #cbc8b6df
 from __future__ import annotations
 
-import contextlib
-import csv
-import math
-import os
-import signal
-import sys
-import threading
-import time
-import warnings
+import csv, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,27 +20,30 @@ from .checkpoint import get_rng_state, remove_stale_temporaries, save_checkpoint
 from .learner import CancelFitException, Callback, Learner, plot_history
 
 # %% auto #0
-__all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted', 'DeviceCallback', 'ChannelsLast', 'EpochTotals',
-           'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for', 'MixedPrecision',
-           'NonFiniteGuard', 'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'say', 'StopOnSignal',
-           'SaveCheckpoints', 'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback',
-           'in_notebook', 'LivePlot', 'EpochFunction', 'item_seed', 'SetEpoch', 'DeviceAugment', 'CompileModel']
+__all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted', 'say', 'DeviceCallback', 'ChannelsLast',
+           'EpochTotals', 'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for',
+           'MixedPrecision', 'NonFiniteGuard', 'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'SaveCheckpoints',
+           'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot',
+           'EpochFunction', 'item_seed', 'SetEpoch', 'DeviceAugment', 'CompileModel', 'StopOnSignal']
 
 # %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
 class TrainingError(PetsegError):
     "Training cannot go on: a non-finite loss, out of memory, or an empty split."
-
 
 class TrainingInterrupted(PetsegError):
     "Training stopped on SIGINT/SIGTERM; `checkpoint` is the file to resume from (None if none was written)."
     def __init__(self, message: str, checkpoint: Path | None = None, signum: int | None = None):
         super().__init__(message)
         self.checkpoint, self.signum = checkpoint, signum
-
     @property
     def exit_code(self) -> int:
         "The shell's convention for a process ended by a signal: 128 + signal number (130 for Ctrl-C, 143 for kill)."
         return 128 + int(self.signum or signal.SIGINT)
+
+def say(msg: str) -> None:
+    "Print a line without breaking progress bars."
+    tqdm.write(msg)
+
 
 # %% ../nbs/03b_callbacks.ipynb #89676b47
 class DeviceCallback(Callback):
@@ -60,7 +55,6 @@ class DeviceCallback(Callback):
         l = self.learn
         l.xb, l.yb = l.xb.to(self.device, non_blocking=True), l.yb.to(self.device, non_blocking=True)
 
-
 class ChannelsLast(Callback):
     "Run the model and the image batches in the channels_last memory format."
     order = -10
@@ -71,52 +65,36 @@ class ChannelsLast(Callback):
 # %% ../nbs/03b_callbacks.ipynb #008183a1
 METRIC_COLUMNS = ("epoch", "train_loss", "train_dice", "valid_loss", "valid_dice", "lr", "epoch_time_s", "images_per_s")
 
-
 class EpochTotals:
     "Running sums of a pass (loss x images, per-image Dice, images) kept on the device without host syncs."
-    def __init__(self): self.loss_sum = self.dice_sum = None; self.count = 0
-
+    def __init__(self): self.loss_sum, self.dice_sum, self.count = 0.0, 0.0, 0
     def add(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
         "Add one batch: its mean `loss` and the per-image hard Dice of `logits` against `target`."
         dt = torch.float32 if logits.device.type == "mps" else torch.float64
-        loss_sum = loss.detach().to(dt) * logits.shape[0]
-        dice_sum = dice_per_image(logits.detach(), target).to(dt).sum()
-        self.loss_sum = loss_sum if self.loss_sum is None else self.loss_sum + loss_sum
-        self.dice_sum = dice_sum if self.dice_sum is None else self.dice_sum + dice_sum
+        self.loss_sum = self.loss_sum + loss.detach().to(dt) * logits.shape[0]
+        self.dice_sum = self.dice_sum + dice_per_image(logits.detach(), target).to(dt).sum()
         self.count += logits.shape[0]
+    def values(self) -> list: return [self.loss_sum, self.dice_sum, self.count]
 
-    def values(self) -> list:
-        return [self.loss_sum if self.loss_sum is not None else 0.0, self.dice_sum if self.dice_sum is not None else 0.0,
-                self.count]
-
-
-def _local_sum(values: Sequence) -> list[float]: return [float(v) for v in values]
-
-# %% ../nbs/03b_callbacks.ipynb #a4ccb53e
 class Recorder(Callback):
     "Per-epoch rows of `METRIC_COLUMNS` in `history`; `train`/`valid` hold the last pass's (loss, Dice, images)."
     order = -30
-    def __init__(self): self.history, self.all_sum, self.lr = [], _local_sum, float("nan")
-
+    def __init__(self): self.history, self.all_sum, self.lr = [], lambda vs: [float(v) for v in vs], float("nan")
     def before_epoch(self): self.start, self.lr = time.perf_counter(), self.learn.opt.param_groups[0]["lr"]
     def before_train(self): self.totals = EpochTotals()
     def before_validate(self): self.train_seconds, self.totals = time.perf_counter() - self.start, EpochTotals()
     def before_step(self): self.lr = self.learn.opt.param_groups[0]["lr"]     # the rate this step trains with
     def after_loss(self): self.totals.add(self.learn.loss, self.learn.pred, self.learn.yb)
-
     def _mean(self) -> tuple[float, float, int]:
         loss_sum, dice_sum, n = self.all_sum(self.totals.values())
         return loss_sum / max(n, 1), dice_sum / max(n, 1), int(n)
-
     def after_train(self): self.train = self._mean()
     def after_validate(self): self.valid = self._mean()
-
     def after_epoch(self):
         (tl, td, n), (vl, vd, _) = self.train, self.valid
         self.history.append(dict(epoch=self.learn.epoch, train_loss=tl, train_dice=td, valid_loss=vl, valid_dice=vd,
                                  lr=self.lr, epoch_time_s=time.perf_counter() - self.start,
                                  images_per_s=n / max(self.train_seconds, 1e-9)))
-
     def state_dict(self) -> dict: return {"history": [dict(r) for r in self.history]}
     def load_state_dict(self, state: dict) -> None: self.history = [dict(r) for r in state.get("history", [])]
 
@@ -124,7 +102,6 @@ class Recorder(Callback):
 def schedule_state(scheduler) -> dict:
     "`scheduler.state_dict()` without its annealing function (rebuilt on load), so `weights_only` loading accepts it."
     return {k: v for k, v in scheduler.state_dict().items() if k != "anneal_func"}
-
 
 class LRScheduler(Callback):
     "Step `scheduler` after every optimizer step (unless `active` is False)."
@@ -148,13 +125,9 @@ class GradientClip(Callback):
 # %% ../nbs/03b_callbacks.ipynb #43a17c58
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
-
 def amp_mode(amp: str | bool | None) -> str:
     "Normalise `amp` (True -> 'auto', False/None -> 'off')."
-    if amp is True: return "auto"
-    if amp is False or amp is None: return "off"
-    return str(amp).lower()
-
+    return "auto" if amp is True else "off" if amp is False or amp is None else str(amp).lower()
 
 def amp_dtype_for(amp: str | bool, device: torch.device) -> torch.dtype | None:
     "The autocast dtype for `amp` on `device`, or None for plain float32 ('auto': bf16 or fp16 on CUDA, off elsewhere)."
@@ -163,36 +136,22 @@ def amp_dtype_for(amp: str | bool, device: torch.device) -> torch.dtype | None:
     if mode == "auto": return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
-
-def _grad_scaler(device: torch.device, enabled: bool):
-    "A GradScaler for `device` (torch.amp's, or torch.cuda.amp's on PyTorch releases before it existed)."
-    if hasattr(torch.amp, "GradScaler"): return torch.amp.GradScaler(device.type, enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled and device.type == "cuda")
-
-# %% ../nbs/03b_callbacks.ipynb #c7fe06e7
 class MixedPrecision(Callback):
     "Forward and loss under `torch.autocast(dtype)`; float16 adds a `GradScaler` (its state is checkpointed)."
     order = -1
     def __init__(self, dtype: torch.dtype, device: torch.device | str):
         self.dtype, self.device = dtype, torch.device(device)
-        self.scaler, self.autocast = _grad_scaler(self.device, dtype == torch.float16), None
-
+        self.scaler, self.autocast = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16), None
     def before_fit(self):
         l, scaler = self.learn, self.scaler
         l.backward = lambda: scaler.scale(l.loss).backward()
         l.step = lambda: (scaler.step(l.opt), scaler.update())
-
     def before_batch(self):
         self.autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype)
         self.autocast.__enter__()
-
-    def after_loss(self): self._exit()
-    def after_batch(self): self._exit()     # if the batch was cancelled before its loss
-    def cleanup_fit(self): self._exit()
-
-    def _exit(self):
+    def after_loss(self):   # also after_batch (a batch cancelled before its loss) and cleanup_fit
         if self.autocast is not None: self.autocast.__exit__(None, None, None); self.autocast = None
-
+    after_batch = cleanup_fit = after_loss
     def before_step(self): self.scaler.unscale_(self.learn.opt)   # true gradients for clipping; step won't redo it
     def state_dict(self) -> dict: return self.scaler.state_dict()
     def load_state_dict(self, state: dict) -> None:
@@ -203,7 +162,6 @@ def _last_good(learn: Learner) -> str:
     "Where the last good checkpoint is, for error messages."
     saver = getattr(learn, "save_checkpoints", None)
     return saver.last_good() if saver is not None else "no checkpoint is written by this learner"
-
 
 class NonFiniteGuard(Callback):
     "Stop with `TrainingError` when a pass's mean loss is NaN or infinite."
@@ -216,12 +174,9 @@ class NonFiniteGuard(Callback):
     def after_train(self): self._check(self.learn.recorder.train[0], "training")
     def after_validate(self): self._check(self.learn.recorder.valid[0], "validation")
 
-
 def is_out_of_memory(e: BaseException) -> bool:
     "Is `e` a device out-of-memory error?"
-    oom = getattr(torch, "OutOfMemoryError", ())
-    return (bool(oom) and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
-
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()   # torch.OutOfMemoryError is one
 
 class OutOfMemory(Callback):
     "Replace an out-of-memory error by a `TrainingError` that names the batch and image size to lower."
@@ -235,75 +190,16 @@ class OutOfMemory(Callback):
                             f"{_last_good(l)}.") from l.error
 
 # %% ../nbs/03b_callbacks.ipynb #10842584
-def _worker_message(e: BaseException) -> str | None:
-    "The original error's last line when `e` was re-raised from a DataLoader worker (without the worker's traceback)."
-    text = str(e)
-    if "DataLoader worker process" not in text: return None
-    last = [l for l in text.strip().splitlines() if l.strip()][-1]
-    return last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
-
-
 class WorkerErrors(Callback):
     "Re-raise an error from a DataLoader worker with its own message only (no worker traceback inside it)."
     def on_error(self):
-        msg, e = _worker_message(self.learn.error), self.learn.error
-        if msg is None: return
+        e = self.learn.error
+        if "DataLoader worker process" not in str(e): return
+        last = [l for l in str(e).strip().splitlines() if l.strip()][-1]   # the original error's line
+        msg = last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
         try: clean = type(e)(msg)
         except Exception: clean = TrainingError(msg)
         raise clean from None
-
-# %% ../nbs/03b_callbacks.ipynb #31d955a9
-def say(msg: str) -> None:
-    "Print a line without breaking progress bars."
-    tqdm.write(msg)
-
-
-class StopOnSignal(Callback):
-    "On SIGINT/SIGTERM stop after the current batch and raise `TrainingInterrupted`; a second signal aborts now."
-    order = 100
-    def __init__(self, grace: float = 2.0, every: int = 10, verbose: bool = True):
-        self.grace, self.every, self.verbose, self.signum, self._old = grace, every, verbose, None, {}
-        self.agree, self.collective = (lambda signum: signum), False   # the distributed callback sets both
-
-    def before_fit(self):
-        self.signum = None
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._handler)
-
-    def _handler(self, signum: int, frame) -> None:
-        if self.signum is None:
-            self.signum, self._first = signum, time.monotonic()
-            if self.verbose: print(f"\n{signal.Signals(signum).name} received: stopping after this batch "
-                                   "(press Ctrl-C again to abort at once)...", file=sys.stderr, flush=True)
-        elif time.monotonic() - self._first > self.grace:  # sooner ones are echoes (torchrun forwards Ctrl-C as SIGTERM)
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
-
-    def _poll(self) -> None:
-        signum = self.agree(self.signum or 0)
-        if signum:
-            self.signum, self.learn.stop_reason = signum, "interrupted"
-            raise CancelFitException()
-
-    def after_batch(self):
-        if not self.collective or (self.learn.training and self.learn.iter % self.every == self.every - 1): self._poll()
-
-    def after_epoch(self):
-        if self.collective: self._poll()
-
-    def after_fit(self):
-        if self.learn.stop_reason != "interrupted": return
-        saver = getattr(self.learn, "save_checkpoints", None)
-        last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
-        where = (f"a resumable checkpoint (end of epoch {saver.saved_epoch}) is at {last}.\nResume with:  petseg train "
-                 f"--resume {last}\n(or in Python: train(TrainConfig(resume={str(last)!r})))" if last else
-                 "no checkpoint was written.")
-        msg = f"Training stopped by {signal.Signals(self.signum).name} in epoch {self.learn.epoch}; {where}"
-        if self.verbose: say(msg)
-        raise TrainingInterrupted(msg, last, self.signum)
-
-    def cleanup_fit(self):
-        for s, h in self._old.items(): signal.signal(s, h)
-        self._old = {}
 
 # %% ../nbs/03b_callbacks.ipynb #fc992168
 class SaveCheckpoints(Callback):
@@ -313,7 +209,6 @@ class SaveCheckpoints(Callback):
         self.run_dir, self.meta = Path(run_dir), dict(meta)
         self.paths = {k: self.run_dir / f"{k}.pt" for k in ("best", "last", "swa")}
         self.best_dice, self.best_epoch, self.saved_epoch = -1.0, 0, None
-
     def state(self, module: nn.Module, metrics: dict, resumable: bool) -> dict:
         "A checkpoint's contents; `resumable` adds the optimizer, callback and random states."
         l, hist = self.learn, getattr(self.learn, "recorder", None)
@@ -326,26 +221,21 @@ class SaveCheckpoints(Callback):
             state.update(optimizer_state=l.opt.state_dict(), rng_state=get_rng_state(),
                          callbacks={cb.name: cb.state_dict() for cb in l.cbs})
         return state
-
     def save(self, kind: str, module: nn.Module, metrics: dict, resumable: bool = False) -> Path:
         return save_checkpoint(self.paths[kind], **self.state(module, metrics, resumable))
-
     def before_fit(self):
         remove_stale_temporaries(self.run_dir)          # left by a process killed while writing
         if self.learn.epoch == 0: self.save("last", self.learn.model, {}, resumable=True); self.saved_epoch = 0
-
     def after_epoch(self):
-        row = dict(self.learn.recorder.history[-1])
-        if row["valid_dice"] > self.best_dice:
-            self.best_dice, self.best_epoch = row["valid_dice"], row["epoch"]
-            self.save("best", self.learn.model, dict(row, best_valid_dice=self.best_dice, best_epoch=self.best_epoch))
-        self.save("last", self.learn.model, dict(row, best_valid_dice=self.best_dice, best_epoch=self.best_epoch), True)
+        row = self.learn.recorder.history[-1]
+        if row["valid_dice"] > self.best_dice: self.best_dice, self.best_epoch = row["valid_dice"], row["epoch"]
+        metrics = dict(row, best_valid_dice=self.best_dice, best_epoch=self.best_epoch)
+        if self.best_epoch == row["epoch"]: self.save("best", self.learn.model, metrics)
+        self.save("last", self.learn.model, metrics, True)
         self.saved_epoch = self.learn.epoch
-
     def last_good(self) -> str:
         return (f"the last good checkpoint, {self.paths['last']} (end of epoch {self.saved_epoch}), is kept"
                 if self.saved_epoch is not None else "no checkpoint was written yet")
-
     def state_dict(self) -> dict: return {"best_dice": self.best_dice, "best_epoch": self.best_epoch}
     def load_state_dict(self, state: dict) -> None:
         self.best_dice, self.best_epoch = state.get("best_dice", -1.0), state.get("best_epoch", 0)
@@ -356,7 +246,6 @@ class EarlyStopping(Callback):
     order = 20
     def __init__(self, patience: int, verbose: bool = True):
         self.patience, self.verbose, self.best, self.bad_epochs = patience, verbose, -1.0, 0
-
     def after_epoch(self):
         dice = self.learn.recorder.history[-1]["valid_dice"]
         if dice > self.best: self.best, self.bad_epochs = dice, 0
@@ -364,11 +253,9 @@ class EarlyStopping(Callback):
         if self.bad_epochs >= self.patience and self.learn.epoch < self.learn.n_epochs:
             self.learn.stop_reason = "early_stopped"
             if self.verbose: say(f"early stopping: no better valid Dice for {self.patience} epochs (best {self.best:.4f}).")
-
     def state_dict(self) -> dict: return {"best": self.best, "bad_epochs": self.bad_epochs}
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad_epochs = state.get("best", -1.0), state.get("bad_epochs", 0)
-
 
 class PauseAfterEpoch(Callback):
     "End the run, resumably, after epoch `epoch`."
@@ -383,7 +270,6 @@ class SWA(Callback):
     order = 30
     def __init__(self, start: int, swa_lr: float | None = None):
         self.start, self.swa_lr, self.model, self.schedule, self.metrics, self._state = start, swa_lr, None, None, None, None
-
     def _begin(self):
         from torch.optim.swa_utils import SWALR, AveragedModel
         self.model = AveragedModel(unwrap_model(self.learn.model))
@@ -391,23 +277,19 @@ class SWA(Callback):
         if self._state is not None:
             self.model.load_state_dict(self._state["model"])
             if self.schedule is not None and self._state.get("schedule"): self.schedule.load_state_dict(self._state["schedule"])
-
     def before_epoch(self):
         if self.learn.epoch < self.start: return
         if self.model is None: self._begin()
         if self.schedule is not None and hasattr(self.learn, "lr_scheduler"): self.learn.lr_scheduler.active = False
-
     def after_train(self):
         if self.model is None or self.learn.epoch < self.start: return
         self.model.update_parameters(unwrap_model(self.learn.model))
         if self.schedule is not None: self.schedule.step()
-
     def after_fit(self):
         if self.model is None or self.learn.stop_reason not in ("finished", "early_stopped"): return
         self.fix_batchnorm()
         self.metrics = self.evaluate()
         if hasattr(self.learn, "save_checkpoints"): self.learn.save_checkpoints.save("swa", self.model.module, self.metrics)
-
     def fix_batchnorm(self):
         "Recompute the averaged model's BatchNorm statistics over the training batches (averaged over processes)."
         from torch.optim.swa_utils import update_bn
@@ -419,7 +301,6 @@ class SWA(Callback):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     for b in (m.running_mean, m.running_var):
                         torch.distributed.all_reduce(b); b /= torch.distributed.get_world_size()
-
     def evaluate(self) -> dict:
         "Valid loss and Dice of the averaged model (one validation pass through the learner)."
         l = self.learn
@@ -428,7 +309,6 @@ class SWA(Callback):
         finally: l.model = trained
         loss, dice, _ = l.recorder.valid
         return dict(epoch=l.epoch, swa_start=self.start, n_averaged=int(self.model.n_averaged), valid_loss=loss, valid_dice=dice)
-
     def state_dict(self) -> dict:
         if self.model is None: return {}
         return {"model": self.model.state_dict(), "schedule": schedule_state(self.schedule) if self.schedule else None}
@@ -440,11 +320,9 @@ class MetricsLogger(Callback):
     order = 60
     TAGS = (("train_loss", "loss/train"), ("valid_loss", "loss/valid"), ("train_dice", "dice/train"),
             ("valid_dice", "dice/valid"), ("lr", "lr"), ("epoch_time_s", "time/epoch_s"), ("images_per_s", "time/images_per_s"))
-
     def __init__(self, run_dir: str | Path, tensorboard: bool = True):
         self.run_dir, self.tensorboard, self.writer = Path(run_dir), tensorboard, None
         self.csv_path = self.run_dir / "metrics.csv"
-
     def before_fit(self):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rows = self.learn.recorder.history
@@ -456,14 +334,12 @@ class MetricsLogger(Callback):
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError as e: warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard.")
         else: self.writer = SummaryWriter(str(self.run_dir), purge_step=self.learn.epoch + 1 if self.learn.epoch else None)
-
     def after_epoch(self):
         row = self.learn.recorder.history[-1]
         with open(self.csv_path, "a", newline="") as f: csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore").writerow(row)
         if self.writer is not None:
             for key, tag in self.TAGS: self.writer.add_scalar(tag, row[key], row["epoch"])
             self.writer.flush()
-
     def cleanup_fit(self):
         if self.writer is not None: self.writer.close(); self.writer = None
 
@@ -472,19 +348,15 @@ class ProgressCallback(Callback):
     "Progress bars for each pass (`bars`) and one printed line per epoch (`verbose`)."
     order = 70
     def __init__(self, bars: bool = True, verbose: bool = True): self.bars, self.verbose, self.bar = bars, verbose, None
-
     def _open(self, desc: str):
         if self.bars: self.bar = tqdm(total=len(self.learn.dl), desc=desc, leave=False, unit="batch")
     def before_train(self): self._open(f"epoch {self.learn.epoch}/{self.learn.n_epochs}")
     def before_validate(self): self._open("valid")
     def after_batch(self):
         if self.bar is not None: self.bar.update(1)
-    def after_train(self): self._close()
-    def after_validate(self): self._close()
-    def cleanup_fit(self): self._close()
-    def _close(self):
+    def after_train(self):
         if self.bar is not None: self.bar.close(); self.bar = None
-
+    after_validate = cleanup_fit = after_train
     def after_epoch(self):
         if not self.verbose: return
         r, best = self.learn.recorder.history[-1], getattr(self.learn, "save_checkpoints", None)
@@ -493,14 +365,11 @@ class ProgressCallback(Callback):
             f"valid loss {r['valid_loss']:.4f} Dice {r['valid_dice']:.4f}{star} | lr {r['lr']:.2e} | "
             f"{r['epoch_time_s']:.1f}s, {r['images_per_s']:.1f} img/s")
 
-# %% ../nbs/03b_callbacks.ipynb #0c6774a2
 def in_notebook() -> bool:
     "True inside a Jupyter/Colab kernel (where live plots and widget bars work)."
     try: from IPython import get_ipython
     except ImportError: return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
+    return "IPKernelApp" in getattr(get_ipython(), "config", {})
 
 class LivePlot(Callback):
     "Redraw the loss and Dice curves in the notebook cell's output after each epoch."
@@ -514,7 +383,6 @@ class LivePlot(Callback):
         else: self.handle.update(self.fig)
         plt.close(self.fig)
 
-
 class EpochFunction(Callback):
     "Call `fn(row, history)` after each epoch."
     order = 90
@@ -526,13 +394,11 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     "A 32-bit seed for item (or batch) `index` in `epoch` of a run seeded with `seed`."
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
-
 class SetEpoch(Callback):
     "Tell the training sampler which epoch starts (it reshuffles from (seed, epoch))."
     order = -50
     def __init__(self, sampler): self.sampler = sampler
     def before_epoch(self): self.sampler.set_epoch(self.learn.epoch)
-
 
 class DeviceAugment(Callback):
     "Augment training batches of uint8 (N,H,W,3) photos and (N,H,W) masks on their device with `augment`."
@@ -549,3 +415,44 @@ class CompileModel(Callback):
     "Train and validate `torch.compile(model)`."
     order = -40
     def before_fit(self): self.learn.model = torch.compile(self.learn.model)
+
+# %% ../nbs/03b_callbacks.ipynb #31d955a9
+class StopOnSignal(Callback):
+    "On SIGINT/SIGTERM stop after the current batch and raise `TrainingInterrupted`; a second signal aborts now."
+    order = 100
+    def __init__(self, grace: float = 2.0, every: int = 10, verbose: bool = True):
+        self.grace, self.every, self.verbose, self.signum, self._old = grace, every, verbose, None, {}
+        self.agree, self.collective = (lambda signum: signum), False   # the distributed callback sets both
+    def before_fit(self):
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._handler)
+    def _handler(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum, self._first = signum, time.monotonic()
+            if self.verbose: print(f"\n{signal.Signals(signum).name} received: stopping after this batch "
+                                   "(press Ctrl-C again to abort at once)...", file=sys.stderr, flush=True)
+        elif time.monotonic() - self._first > self.grace:  # sooner ones are echoes (torchrun forwards Ctrl-C as SIGTERM)
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
+    def _poll(self) -> None:
+        signum = self.agree(self.signum or 0)
+        if signum:
+            self.signum, self.learn.stop_reason = signum, "interrupted"
+            raise CancelFitException()
+    def after_batch(self):
+        if not self.collective or (self.learn.training and self.learn.iter % self.every == self.every - 1): self._poll()
+    def after_epoch(self):
+        if self.collective: self._poll()
+    def after_fit(self):
+        if self.learn.stop_reason != "interrupted": return
+        saver = getattr(self.learn, "save_checkpoints", None)
+        last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
+        where = (f"a resumable checkpoint (end of epoch {saver.saved_epoch}) is at {last}.\nResume with:  petseg train "
+                 f"--resume {last}\n(or in Python: train(TrainConfig(resume={str(last)!r})))" if last else
+                 "no checkpoint was written.")
+        msg = f"Training stopped by {signal.Signals(self.signum).name} in epoch {self.learn.epoch}; {where}"
+        if self.verbose: say(msg)
+        raise TrainingInterrupted(msg, last, self.signum)
+    def cleanup_fit(self):
+        for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}

@@ -5,12 +5,7 @@
 # %% ../nbs/03a_checkpoint.ipynb #da5fc211
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import random
-import secrets
-import warnings
+import contextlib, math, os, random, secrets, warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +26,6 @@ __all__ = ['FILE_SIGNATURES', 'MAX_IMAGE_SIZE', 'MAX_CHANNELS', 'CheckpointError
 class CheckpointError(PetsegError):
     "A checkpoint is missing, unreadable, not a petseg checkpoint or does not fit the model; or it could not be written."
 
-
 class ConfigError(PetsegError, ValueError):
     "An invalid option; the message names the option and the accepted values."
 
@@ -40,8 +34,7 @@ def get_device(name: str | torch.device = "auto") -> torch.device:
     "The torch device for `name`: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."
     if isinstance(name, torch.device): return name
     name = str(name).strip().lower()
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
+    has_mps = torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available(): return torch.device("cuda")
         return torch.device("mps" if has_mps else "cpu")
@@ -69,8 +62,7 @@ def save_checkpoint(path: str | Path, **state) -> Path:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+            f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
         with contextlib.suppress(OSError):  # make the rename itself durable
@@ -87,10 +79,9 @@ def save_checkpoint(path: str | Path, **state) -> Path:
             with contextlib.suppress(OSError): os.unlink(tmp)
     return path
 
-
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     "Delete temporary checkpoint files (`.<name>.<hex>.tmp`) that a killed process left in `folder`; return them."
-    stale = [p for p in Path(folder).glob(".*.pt.*.tmp") if p.is_file()] if Path(folder).is_dir() else []
+    stale = [p for p in Path(folder).glob(".*.pt.*.tmp") if p.is_file()]
     for p in stale:
         with contextlib.suppress(OSError): p.unlink()
     return stale
@@ -98,7 +89,6 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 # %% ../nbs/03a_checkpoint.ipynb #7ffd810d
 FILE_SIGNATURES = ((b"PK\x03\x04", "a zip archive"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
                    (b"GIF8", "a GIF image"), (b"\x89HDF", "an HDF5 file (Keras weights?)"), (b"\x1f\x8b", "a gzip archive"))
-
 
 def describe_file(path: str | Path) -> str:
     "What the first bytes of `path` look like: an image, an archive, a safetensors file, text, or unknown bytes."
@@ -110,7 +100,6 @@ def describe_file(path: str | Path) -> str:
     text = head.decode("utf-8", errors="ignore")
     return "a text file" if text and all(c.isprintable() or c.isspace() for c in text) else \
         "random bytes or an unknown file type"
-
 
 def _load_error(path: Path, size: int, e: Exception) -> CheckpointError:
     "A `CheckpointError` saying why torch could not load `path`."
@@ -130,10 +119,8 @@ def _load_error(path: Path, size: int, e: Exception) -> CheckpointError:
 # %% ../nbs/03a_checkpoint.ipynb #11a16055
 MAX_IMAGE_SIZE, MAX_CHANNELS = 4096, 4096
 
-
 def _bad(path: str, what: str) -> CheckpointError:
     return CheckpointError(f"{path} is not a usable petseg checkpoint: {what}.")
-
 
 def check_checkpoint(ckpt: dict, source: str = "checkpoint") -> dict:
     "Check the metadata of a loaded checkpoint (model, kwargs, input size, normalisation); return it or raise."
@@ -150,12 +137,11 @@ def check_checkpoint(ckpt: dict, source: str = "checkpoint") -> dict:
         raise _bad(source, f"image_size={size!r} is outside 8..{MAX_IMAGE_SIZE}")
     for key, low in (("mean", -math.inf), ("std", 0.0)):
         v = ckpt.get(key)
-        if v is None: continue
-        ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x) and x > low for x in v)
-        if not ok: raise _bad(source, f"{key}={v!r} is not 3 finite numbers{' > 0' if key == 'std' else ''}")
+        if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 3 and
+                                  all(isinstance(x, (int, float)) and math.isfinite(x) and x > low for x in v)):
+            raise _bad(source, f"{key}={v!r} is not 3 finite numbers{' > 0' if key == 'std' else ''}")
     return ckpt
 
-# %% ../nbs/03a_checkpoint.ipynb #c6fdbb40
 def load_checkpoint(path: str | Path) -> dict:
     "Load a petseg checkpoint with `weights_only=True` and check its metadata; `CheckpointError` saying what is wrong."
     path = Path(path)
@@ -182,7 +168,6 @@ def load_checkpoint(path: str | Path) -> dict:
 def _first(items: Sequence[str], k: int = 3) -> str:
     return ", ".join(items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
 
-
 def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> nn.Module:
     "Load `state` into `model` strictly; `CheckpointError` summarising missing, unexpected and mis-shaped weights."
     own = model.state_dict()
@@ -199,14 +184,12 @@ def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") 
     model.load_state_dict(state)
     return model
 
-
 def unwrap_model(model: nn.Module) -> nn.Module:
     "The plain module inside `torch.compile` and `DistributedDataParallel` wrappers: what a checkpoint holds."
     while True:
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
         if not isinstance(inner, nn.Module): return model
         model = inner
-
 
 def model_from_checkpoint(path_or_dict: str | Path | dict, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     "(model in eval mode on `device`, checkpoint dict) from a checkpoint file or an already loaded checkpoint."
@@ -232,7 +215,6 @@ def get_rng_state() -> dict:
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
-
 def set_rng_state(state: dict) -> None:
     "Restore the generators from `get_rng_state()`'s dict."
     random.setstate(state["python"])
@@ -241,7 +223,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
 
 def seed_everything(seed: int) -> None:
     "Seed Python's, numpy's and torch's generators (all devices)."

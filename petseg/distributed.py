@@ -30,36 +30,29 @@ class DistContext:
     backend: str | None = None
     owns_group: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
     @property
     def enabled(self) -> bool: return self.world_size > 1
-
     @property
     def is_main(self) -> bool: return self.rank == 0
-
     def all_sum(self, values: Sequence[torch.Tensor | float]) -> list[float]:
         "Sum `values` over all processes (one all_reduce, one host sync); returns floats."
         t = torch.stack([torch.as_tensor(v).to(self.device, torch.float64).reshape(()) for v in values])
         if self.enabled: dist.all_reduce(t)
         return t.tolist()
-
     def any_signal(self, signum: int) -> int:
         "The largest `signum` over all processes (0 when none got a signal)."
         if not self.enabled: return signum
         t = torch.tensor([signum], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
-
     def agree(self, value: Any) -> Any:
         "Rank 0's `value` on every rank (a file name chosen from rank 0's view of the disk, say)."
         if not self.enabled: return value
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
     def barrier(self) -> None:
         if self.enabled: dist.barrier()
-
     def close(self) -> None:
         if self.owns_group and dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
         self.owns_group = False
@@ -91,7 +84,6 @@ class DistributedTraining(Callback):
     "Train a DDP-wrapped model, validate it unwrapped, sum metrics and agree on stops over the processes of `ctx`."
     order = -35
     def __init__(self, ctx: DistContext): self.ctx, self.plain, self.ddp = ctx, None, None
-
     def before_fit(self):
         from torch.nn.parallel import DistributedDataParallel as DDP
         l, ctx = self.learn, self.ctx
@@ -99,12 +91,9 @@ class DistributedTraining(Callback):
         self.ddp = DDP(self.plain, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         if hasattr(l, "recorder"): l.recorder.all_sum = ctx.all_sum
         if hasattr(l, "stop_on_signal"): l.stop_on_signal.agree, l.stop_on_signal.collective = ctx.any_signal, True
-
     def before_train(self): self.learn.model = self.ddp
-
     def before_validate(self):
         if self.learn.model is self.ddp: self.learn.model = self.plain
         for b in self.learn.model.buffers(): dist.broadcast(b, src=0)   # all ranks evaluate rank 0's BatchNorm statistics
-
     def cleanup_fit(self):
         if self.learn.model is self.ddp: self.learn.model = self.plain

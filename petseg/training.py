@@ -5,15 +5,7 @@
 # %% ../nbs/03d_training.ipynb #10539829
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
-import json
-import math
-import os
-import shutil
-import sys
-import time
+import contextlib, copy, functools, json, math, os, signal
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -33,19 +25,19 @@ from .checkpoint import (CheckpointError, ConfigError, get_device, load_checkpoi
 from .learner import Callback, ImageMaskPairs, Learner, plot_history
 from .callbacks import *
 from .distributed import DistContext, DistributedTraining, init_distributed, valid_shard
+from .augment import DeviceAugment as GpuAugment, normalize
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'RUN_FILES',
            'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'TrainConfig', 'field_help', 'field_section', 'check_config',
            'SeededItems', 'EpochSampler', 'folder_split', 'make_datasets', 'make_optimizer', 'make_scheduler',
-           'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable', 'History', 'RunLock', 'FirstBatches',
-           'make_loaders', 'stop_workers', 'training_callbacks', 'train']
+           'run_files', 'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable', 'History', 'RunLock',
+           'FirstBatches', 'make_loaders', 'stop_workers', 'training_callbacks', 'train']
 
 # %% ../nbs/03d_training.ipynb #14f8d15a
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "onecycle", "cosine")
 NORMALIZATIONS = ("imagenet", "dataset")
-
 
 @dataclass
 class TrainConfig:
@@ -111,11 +103,9 @@ def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
         elif m := re.match(r"\s+(\w+):.*?#\s*(.+)$", line): docs[m.group(1)] = (section, m.group(2).strip())
     return docs
 
-
 def field_help(cls: type = TrainConfig) -> dict[str, str]:
     "The comment after each field of the dataclass `cls`: the fields' documentation (the CLI's help)."
     return {k: v[1] for k, v in _field_docs(cls).items()}
-
 
 def field_section(name: str, cls: type = TrainConfig) -> str:
     "The `# section` comment above field `name` of `cls` ('data', 'model', 'optimisation', 'hardware', 'output')."
@@ -131,7 +121,6 @@ WHOLE = ("epochs", "batch_size", "image_size", "num_workers", "seed", "patience"
          "max_train_batches")
 STRICT_LOW = ("lr", "grad_clip", "swa_lr")   # must be > the low limit, not just >=
 
-
 def _check_number(cfg: TrainConfig, name: str) -> None:
     v, (lo, hi) = getattr(cfg, name), LIMITS[name]
     if v is None and name in OPTIONAL: return
@@ -142,16 +131,12 @@ def _check_number(cfg: TrainConfig, name: str) -> None:
         raise ConfigError(f"{name}={v!r} must be {'a whole number' if whole else 'a number'} {rng}"
                           f"{' (or None)' if name in OPTIONAL else ''}.")
 
-
-def _check_choice(cfg: TrainConfig, name: str, choices: Sequence[str]) -> None:
-    v = getattr(cfg, name)
-    if v not in choices: raise ConfigError(f"{name}={v!r} is not one of {', '.join(map(repr, choices))}.")
-
-# %% ../nbs/03d_training.ipynb #560c9ccd
 def check_config(cfg: TrainConfig) -> TrainConfig:
     "Raise `ConfigError` naming the first invalid option of `cfg`; return `cfg`."
     for name, choices in (("model", MODEL_NAMES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                          ("normalization", NORMALIZATIONS)): _check_choice(cfg, name, choices)
+                          ("normalization", NORMALIZATIONS)):
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r} is not one of {', '.join(map(repr, choices))}.")
     if amp_mode(cfg.amp) not in AMP_MODES:
         raise ConfigError(f"amp={cfg.amp!r} is not one of {', '.join(map(repr, AMP_MODES))} (or True/False).")
     if cfg.device_augment not in ("auto", "on", "off", True, False):
@@ -177,43 +162,31 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 # %% ../nbs/03d_training.ipynb #89e631ff
-class SeededItems(Dataset):
+class SeededItems(ImageMaskPairs):
     "`(image, mask)` of `dataset[i]` for keys `(epoch, i)`, reseeding `transform` (albumentations) from (seed, epoch, i) first."
-    def __init__(self, dataset: Dataset, transform: Any, seed: int):
-        self.dataset, self.transform, self.seed = dataset, transform, seed
-
-    def __len__(self) -> int: return len(self.dataset)
-
+    def __init__(self, dataset: Dataset, transform: Any, seed: int): self.dataset, self.transform, self.seed = dataset, transform, seed
     def __getitem__(self, key: tuple[int, int]) -> tuple:
         epoch, i = key
         if self.transform is not None and hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(item_seed(self.seed, epoch, i))
-        item = self.dataset[i]
-        return item["image"], item["mask"]
-
+        return super().__getitem__(i)
 
 class EpochSampler(Sampler):
     "Yields `(epoch, index)` from `base`, a sampler reshuffled by `set_epoch`."
     def __init__(self, base: Sampler): self.base, self.epoch = base, 0
-
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if hasattr(self.base, "set_epoch"): self.base.set_epoch(epoch)
-
     def __iter__(self) -> Iterator[tuple[int, int]]: return ((self.epoch, i) for i in self.base)
     def __len__(self) -> int: return len(self.base)
-
 
 def folder_split(n: int) -> tuple[list[int], list[int]]:
     "Train/valid indices of a user's folder of `n` pairs: index i is validation when i % 10 == 0 (the course's rule)."
     return [i for i in range(n) if i % 10], [i for i in range(n) if i % 10 == 0]
 
-# %% ../nbs/03d_training.ipynb #d9e16e6a
 def make_datasets(cfg: TrainConfig, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   on_device_augment: bool = False) -> tuple[Dataset, Dataset, Any]:
-    """(train dataset, valid dataset, train transform) for `cfg`, normalised with `mean`/`std` (`SeededItems` reseeds the
-    train transform per item); `on_device_augment` reads training items resized from the uint8 cache, untransformed (the
-    GPU augments whole batches)."""
+    "(train, valid dataset, train transform) for `cfg`; `on_device_augment`: train items untransformed from the uint8 cache."
     size, mean, std = cfg.image_size, tuple(mean), tuple(std)
     tt = None if on_device_augment else (train_transforms(size, mean=mean, std=std) if cfg.augment
                                          else eval_transforms(size, mean=mean, std=std))
@@ -239,7 +212,6 @@ def make_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw": return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
-
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     "The per-batch learning-rate schedule `cfg.scheduler` over `cfg.epochs` x `steps_per_epoch` steps (None for 'none')."
     total = max(1, cfg.epochs * steps_per_epoch)
@@ -250,24 +222,22 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
 # %% ../nbs/03d_training.ipynb #0a025467
 RUN_FILES = ("best.pt", "last.pt", "swa.pt", "metrics.csv", "config.json")
 
-
-def _holds_run(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / f).exists() for f in RUN_FILES)
-
+def run_files(folder: Path) -> dict[str, Path]:
+    "The checkpoints of the run in `folder`: {'best': folder/best.pt, 'last': ..., 'swa': ...}."
+    return {k: folder / f"{k}.pt" for k in ("best", "last", "swa")}
 
 def run_folder(cfg: TrainConfig) -> Path:
     "The folder of a new run: `checkpoint_dir/run_name` (default: the model), or `-2`, `-3`, ... while taken (unless overwrite)."
     base = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
     folder, k = base, 2
-    while not cfg.overwrite and _holds_run(folder): folder, k = base.with_name(f"{base.name}-{k}"), k + 1
+    while not cfg.overwrite and any((folder / f).exists() for f in RUN_FILES):
+        folder, k = base.with_name(f"{base.name}-{k}"), k + 1
     return folder
-
 
 def clear_run(folder: Path) -> None:
     "Delete the files of an earlier run in `folder` (`overwrite=True`): checkpoints, logs and TensorBoard events."
     for p in [folder / f for f in RUN_FILES] + list(folder.glob("events.out.tfevents.*")):
         if p.is_file(): p.unlink()
-
 
 def config_dict(cfg: TrainConfig) -> dict:
     "`cfg` as a plain dict (paths as strings) fit for a `weights_only` checkpoint and JSON."
@@ -279,7 +249,6 @@ PER_CALL_OPTIONS = ("resume", "device", "num_workers", "progress", "verbose", "l
                     "overwrite", "checkpoint_dir", "run_name")
 # options a resumed run may change when the caller sets them (anything else must match the checkpoint)
 RESUME_OVERRIDES = ("epochs", "patience", "data_root", "images_dir", "masks_dir", "cache_dir")
-
 
 def resume_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     "The config of a resumed run: the checkpoint's, with the caller's per-call options and allowed overrides."
@@ -300,7 +269,6 @@ def resume_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
                           "Extend only runs with scheduler='none', or start a new run.")
     return merged
 
-
 def resumable(ckpt: dict, path: Path) -> dict:
     "`ckpt` if a run can continue from it, else `CheckpointError` naming the run's last checkpoint."
     if ckpt.get("resumable", "optimizer_state" in ckpt) and "callbacks" in ckpt: return ckpt
@@ -318,17 +286,14 @@ class History(list):
                  swa: dict | None = None, status: str = "running"):
         super().__init__(rows)
         self.run_dir, self.checkpoints, self.swa, self.status = run_dir, dict(checkpoints or {}), swa, status
-
     @property
     def best(self) -> dict | None:
         "The row with the highest valid Dice."
         return max(self, key=lambda r: r["valid_dice"]) if self else None
 
-
 class RunLock:
     "An exclusive lock on a run folder (`.lock`), so that two processes never write into the same run."
     def __init__(self, folder: Path): self.folder, self.fd = folder, None
-
     def __enter__(self) -> "RunLock":
         try: import fcntl
         except ImportError: return self          # no POSIX locks (Windows): go on unlocked
@@ -340,23 +305,19 @@ class RunLock:
             raise ConfigError(f"another petseg process is training in {self.folder}: wait for it to end, or give this "
                               "run another name (run_name / --run-name).") from None
         return self
-
     def __exit__(self, *exc) -> None:
         if self.fd is not None: os.close(self.fd); self.fd = None
 
 # %% ../nbs/03d_training.ipynb #93474049
 def _worker_init(worker_id: int) -> None:
     "DataLoader workers ignore Ctrl-C (sent to the whole terminal): the main process stops the run after its batch."
-    import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
 
 class FirstBatches:
     "The first `n` batches of a DataLoader (`max_train_batches`)."
     def __init__(self, dl: DataLoader, n: int): self.dl, self.n = dl, n
     def __len__(self) -> int: return min(self.n, len(self.dl))
     def __iter__(self): return (b for _, b in zip(range(self.n), self.dl))
-
 
 def make_loaders(cfg: TrainConfig, ctx: DistContext, mean, std, device: torch.device,
                  on_device_augment: bool) -> tuple[Any, DataLoader, EpochSampler]:
@@ -372,7 +333,6 @@ def make_loaders(cfg: TrainConfig, ctx: DistContext, mean, std, device: torch.de
     if cfg.max_train_batches: train_dl = FirstBatches(train_dl, cfg.max_train_batches)
     valid = ImageMaskPairs(Subset(valid_ds, valid_shard(len(valid_ds), ctx.rank, ctx.world_size)))
     return train_dl, DataLoader(valid, shuffle=False, **common), sampler
-
 
 def stop_workers(*loaders) -> None:
     "Shut the worker processes of `loaders` down now (after an error, so that the process can exit at once)."
@@ -390,7 +350,6 @@ def training_callbacks(cfg: TrainConfig, ctx: DistContext, device: torch.device,
     if cfg.compile: cbs.append(CompileModel())
     if ctx.enabled: cbs.append(DistributedTraining(ctx))
     if on_device_augment:
-        from petseg.augment import DeviceAugment as GpuAugment
         aug = GpuAugment(cfg.image_size, mean, std, generator=torch.Generator(device=device)) if cfg.augment else None
         cbs.append(DeviceAugment(aug or _Normalize(mean, std), cfg.seed))
     dtype = amp_dtype_for(cfg.amp, device)
@@ -405,22 +364,16 @@ def training_callbacks(cfg: TrainConfig, ctx: DistContext, device: torch.device,
         if cfg.live_plot is True or (cfg.live_plot == "auto" and in_notebook()): cbs.append(LivePlot())
     return cbs
 
-
 class _Normalize:
     "Scale uint8 batches to [0, 1] and normalise them (on-device data without augmentation)."
     def __init__(self, mean, std): self.mean, self.std, self.generator = mean, std, torch.Generator()
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor):
-        from petseg.augment import normalize
-        return normalize(images.float().div_(255), self.mean, self.std), masks.float()
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor): return normalize(images.float().div_(255), self.mean, self.std), masks.float()
 
-# %% ../nbs/03d_training.ipynb #cc550aaa
-def _normalisation(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext) -> tuple[tuple, tuple]:
+def _normalisation(cfg: TrainConfig, ckpt: dict | None) -> tuple[tuple, tuple]:
     "(mean, std): the checkpoint's when resuming, the training set's for normalization='dataset', else ImageNet's."
     if ckpt is not None: return tuple(ckpt["mean"]), tuple(ckpt["std"])
     if cfg.normalization != "dataset": return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
-    mean, std = compute_mean_std(_RawImages(make_datasets(cfg)[0]))
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
+    return compute_mean_std(_RawImages(make_datasets(cfg)[0]))
 
 class _RawImages:
     "The untransformed images (`load`) of a dataset or a `Subset` of one, for `compute_mean_std`."
@@ -429,50 +382,12 @@ class _RawImages:
     def load(self, i: int): return self.base.load(self.idx[i])
 
 
-def _build_model(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, device: torch.device, source: str) -> nn.Module:
-    kwargs = dict(cfg.model_kwargs)
-    if cfg.pretrained and ckpt is None: kwargs["pretrained"] = True
-    try: model = build_model(cfg.model, **kwargs)
-    except TypeError as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
-    if ckpt is not None: load_model_state(model, ckpt["model_state"], source)
-    if cfg.sync_bn and ctx.enabled and device.type == "cuda": model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model.to(device)
-
-
-def _nothing_to_do(ckpt: dict, path: Path, cfg: TrainConfig, ctx: DistContext) -> History:
-    how = "stopped early" if ckpt.get("status") == "early_stopped" else f"{ckpt['epoch']} of {cfg.epochs} epochs done"
-    if ctx.is_main:
-        say(f"Nothing to do: {path} is from a finished run ({how}); best valid Dice {ckpt.get('best_valid_dice', float('nan')):.4f}. "
-            "To train more, start a new run (or resume with a larger epochs when scheduler='none').")
-    return History(ckpt.get("history", []), path.parent, {k: path.parent / f"{k}.pt" for k in ("best", "last", "swa")},
-                   status="nothing_to_do")
-
-# %% ../nbs/03d_training.ipynb #3c4f684c
-def _start_line(cfg: TrainConfig, ckpt: dict | None, run_dir: Path, n_train: int, n_valid: int, device, ctx) -> str:
-    what = f"resuming {run_dir / 'last.pt'} at epoch {ckpt['epoch'] + 1}" if ckpt is not None else "training"
-    procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
-    return (f"{what}: {cfg.model}, {n_train} train / {n_valid} valid images at {cfg.image_size}px on {device}{procs}; "
-            f"run folder {run_dir} (best.pt, last.pt, metrics.csv; tensorboard --logdir {run_dir.parent})")
-
-
-def _open_run(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext) -> Path:
-    "The run folder (the resumed checkpoint's own folder, else a new one), prepared by rank 0."
-    if ckpt is not None: return Path(cfg.resume).parent
-    run_dir = Path(ctx.agree(str(run_folder(cfg))))
-    wanted = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
-    if ctx.is_main and run_dir != wanted and cfg.verbose:
-        say(f"An earlier run is kept in {wanted}: this run is {run_dir.name!r} (overwrite=True / --overwrite replaces it).")
-    return run_dir
-
 # %% ../nbs/03d_training.ipynb #1b5ae660
 def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[dict, list], Any]] | None = None) -> History:
-    """Train a model as `config` says; return its `History`. `callbacks`: more `Callback`s, or functions called as
-    `fn(row, history)` after each epoch. Raises `TrainingInterrupted` after SIGINT/SIGTERM (resumable checkpoint
-    written), `TrainingError` (NaN, out of memory), `CheckpointError`, `ConfigError`."""
+    "Train as `config` says and return the `History`; `callbacks`: more `Callback`s or `fn(row, history)` functions."
     ctx = init_distributed(config.device)
     try: return _train(config, ctx, [c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks or []])
     finally: ctx.close()
-
 
 def _train(cfg: TrainConfig, ctx: DistContext, extra: list[Callback]) -> History:
     ckpt = None
@@ -481,24 +396,38 @@ def _train(cfg: TrainConfig, ctx: DistContext, extra: list[Callback]) -> History
         cfg = resume_config(cfg, ckpt)
     cfg = check_config(cfg)
     if ckpt is not None and (ckpt.get("status") == "early_stopped" or ckpt["epoch"] >= cfg.epochs):
-        return _nothing_to_do(ckpt, Path(cfg.resume), cfg, ctx)
-    run_dir = _open_run(cfg, ckpt, ctx)
+        path = Path(cfg.resume)
+        how = "stopped early" if ckpt.get("status") == "early_stopped" else f"{ckpt['epoch']} of {cfg.epochs} epochs done"
+        if ctx.is_main:
+            say(f"Nothing to do: {path} is from a finished run ({how}); best valid Dice {ckpt.get('best_valid_dice', float('nan')):.4f}. "
+                "To train more, start a new run (or resume with a larger epochs when scheduler='none').")
+        return History(ckpt.get("history", []), path.parent, run_files(path.parent), status="nothing_to_do")
+    run_dir = Path(cfg.resume).parent if ckpt is not None else Path(ctx.agree(str(run_folder(cfg))))
+    wanted = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
+    if ckpt is None and ctx.is_main and run_dir != wanted and cfg.verbose:
+        say(f"An earlier run is kept in {wanted}: this run is {run_dir.name!r} (overwrite=True / --overwrite replaces it).")
     with RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
         return _fit(cfg, ckpt, ctx, run_dir, extra)
 
 
+# %% ../nbs/03d_training.ipynb #440306c8
 def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, extra: list[Callback]) -> History:
     device = ctx.device = ctx.device if ctx.enabled else get_device(cfg.device)
     on_device = (device.type == "cuda") if cfg.device_augment == "auto" else cfg.device_augment in (True, "on")
     seed_everything(cfg.seed)
-    mean, std = _normalisation(cfg, ckpt, ctx)
+    mean, std = _normalisation(cfg, ckpt)
     if ctx.is_main and ckpt is None:
         if cfg.overwrite: clear_run(run_dir)
         (run_dir / "config.json").write_text(json.dumps(config_dict(cfg), indent=2))
     if not ctx.is_main: ctx.barrier()               # rank 0 builds any cache first; the others then read it
     train_dl, valid_dl, sampler = make_loaders(cfg, ctx, mean, std, device, on_device)
     if ctx.is_main: ctx.barrier()
-    model = _build_model(cfg, ckpt, ctx, device, str(cfg.resume))
+    kwargs = dict(cfg.model_kwargs, **({"pretrained": True} if cfg.pretrained and ckpt is None else {}))
+    try: model = build_model(cfg.model, **kwargs)
+    except TypeError as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
+    if ckpt is not None: load_model_state(model, ckpt["model_state"], str(cfg.resume))
+    if cfg.sync_bn and ctx.enabled and device.type == "cuda": model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     opt = make_optimizer(model.parameters(), cfg)
     meta = dict(petseg_version=petseg.__version__, model_name=cfg.model, model_kwargs=dict(cfg.model_kwargs),
                 config=config_dict(cfg), image_size=cfg.image_size, mean=list(mean), std=list(std), world_size=ctx.world_size)
@@ -509,10 +438,13 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, e
         for cb in learn.cbs: cb.load_state_dict(ckpt["callbacks"].get(cb.name, {}))
         set_rng_state(ckpt["rng_state"])
     if ctx.is_main and cfg.verbose:
-        say(_start_line(cfg, ckpt, run_dir, len(sampler.base) * ctx.world_size, len(valid_dl.dataset) * ctx.world_size, device, ctx))
+        what = f"resuming {run_dir / 'last.pt'} at epoch {ckpt['epoch'] + 1}" if ckpt is not None else "training"
+        say(f"{what}: {cfg.model}, {len(sampler.base) * ctx.world_size} train / {len(valid_dl.dataset) * ctx.world_size} "
+            f"valid images at {cfg.image_size}px on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}; "
+            f"run folder {run_dir} (best.pt, last.pt, metrics.csv; tensorboard --logdir {run_dir.parent})")
     try: learn.fit(cfg.epochs, start_epoch=ckpt["epoch"] if ckpt is not None else 0)
     finally: stop_workers(train_dl, valid_dl)
-    paths = {k: run_dir / f"{k}.pt" for k in ("best", "last", "swa")}
+    paths = run_files(run_dir)
     swa = learn.swa.metrics if hasattr(learn, "swa") else None
     if learn.stop_reason == "paused" and ctx.is_main and cfg.verbose:
         say(f"paused after epoch {learn.epoch} (stop_after_epoch); resume with petseg train --resume {paths['last']}")
