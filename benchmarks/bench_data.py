@@ -60,7 +60,7 @@ def loader_rate(ds, batch_size: int, workers: int, epochs: int, device: torch.de
 
 
 def device_augment(size: int, device: torch.device):
-    "What the DeviceAugment training callback does to a uint8 (N,H,W,3) batch and its (N,H,W) masks on `device`."
+    "What the AugmentOnDevice training callback does to a uint8 (N,H,W,3) batch and its (N,H,W) masks on `device`."
     aug = DeviceAugment(size, generator=torch.Generator(device=device).manual_seed(0))
     return lambda x, y: aug(x.permute(0, 3, 1, 2), y.unsqueeze(1))
 

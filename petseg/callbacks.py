@@ -24,7 +24,7 @@ __all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted'
            'EpochTotals', 'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for',
            'MixedPrecision', 'NonFiniteGuard', 'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'SaveCheckpoints',
            'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot',
-           'EpochFunction', 'item_seed', 'SetEpoch', 'DeviceAugment', 'CompileModel', 'StopOnSignal']
+           'EpochFunction', 'item_seed', 'SetEpoch', 'AugmentOnDevice', 'CompileModel', 'StopOnSignal']
 
 # %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
 class TrainingError(PetsegError):
@@ -400,7 +400,7 @@ class SetEpoch(Callback):
     def __init__(self, sampler): self.sampler = sampler
     def before_epoch(self): self.sampler.set_epoch(self.learn.epoch)
 
-class DeviceAugment(Callback):
+class AugmentOnDevice(Callback):
     "Augment training batches of uint8 (N,H,W,3) photos and (N,H,W) masks on their device with `augment`."
     order = -15
     def __init__(self, augment, seed: int): self.augment, self.seed = augment, seed

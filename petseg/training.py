@@ -25,7 +25,7 @@ from .checkpoint import (CheckpointError, ConfigError, get_device, load_checkpoi
 from .learner import Callback, ImageMaskPairs, Learner, plot_history
 from .callbacks import *
 from .distributed import DistContext, DistributedTraining, init_distributed, valid_shard
-from .augment import DeviceAugment as GpuAugment, normalize
+from .augment import DeviceAugment, normalize
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'RUN_FILES',
@@ -350,8 +350,8 @@ def training_callbacks(cfg: TrainConfig, ctx: DistContext, device: torch.device,
     if cfg.compile: cbs.append(CompileModel())
     if ctx.enabled: cbs.append(DistributedTraining(ctx))
     if on_device_augment:
-        aug = GpuAugment(cfg.image_size, mean, std, generator=torch.Generator(device=device)) if cfg.augment else None
-        cbs.append(DeviceAugment(aug or _Normalize(mean, std), cfg.seed))
+        aug = DeviceAugment(cfg.image_size, mean, std, generator=torch.Generator(device=device)) if cfg.augment else None
+        cbs.append(AugmentOnDevice(aug or _Normalize(mean, std), cfg.seed))
     dtype = amp_dtype_for(cfg.amp, device)
     if dtype is not None: cbs.append(MixedPrecision(dtype, device))
     if cfg.grad_clip: cbs.append(GradientClip(cfg.grad_clip))
