@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,10 +42,10 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def petseg_exe() -> list[str]:
-    "The installed `petseg` console script (the test needs `pip install -e .`)."
-    exe = shutil.which("petseg")
-    if exe is None: pytest.skip("the petseg console script is not installed (pip install -e .)")
-    return [exe]
+    """The `petseg` command of the Python running these tests: the console script beside `sys.executable`, else
+    `python -m petseg` (never another environment's `petseg` found on PATH, e.g. in a supported-versions virtualenv)."""
+    exe = Path(sys.executable).with_name("petseg")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "petseg"]
 
 
 @pytest.fixture(scope="module")

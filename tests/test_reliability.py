@@ -27,10 +27,11 @@ from petseg.inference import OutputExistsError, predict
 
 from petseg.training import TrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
-# one PyTorch thread; PYTHONPATH so that the `petseg` processes run this checkout's code
+# the folder this test imported petseg from: this checkout, or site-packages when petseg is installed non-editable
+PETSEG_HOME = Path(petseg.data.__file__).resolve().parents[1]
+# one PyTorch thread; PYTHONPATH so that the `petseg` processes run the same petseg code as these tests
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-       "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+       "PYTHONPATH": os.pathsep.join([str(PETSEG_HOME), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 # Runs `petseg.cli.main` with writes under $RO_DIR failing with errno $RO_ERRNO (default: permission denied); with
 # $RO_MATCH, only files whose name matches that pattern fail (e.g. '*.png*': the PNGs and their temporary files).
@@ -57,16 +58,20 @@ READ_ONLY_WRAPPER = textwrap.dedent('''
         return real_mkdir(path, *a, **k)
     builtins.open = io.open = fake_open
     os.open, os.mkdir = fake_os_open, fake_mkdir
+    import pathlib
+    if hasattr(pathlib, "_NormalAccessor"):  # Python 3.10: Path methods call the io.open/os.mkdir bound at import
+        pathlib._NormalAccessor.open = staticmethod(fake_open)
+        pathlib._NormalAccessor.mkdir = staticmethod(fake_mkdir)
     from petseg.cli import main
     sys.exit(main(sys.argv[1:]))
 ''')
 
 
 def petseg_exe() -> list[str]:
-    "The installed `petseg` console script (the test needs `pip install -e .`)."
-    exe = shutil.which("petseg")
-    if exe is None: pytest.skip("the petseg console script is not installed (pip install -e .)")
-    return [exe]
+    """The `petseg` command of the Python running these tests: the console script beside `sys.executable`, else
+    `python -m petseg` (never another environment's `petseg` found on PATH, e.g. in a supported-versions virtualenv)."""
+    exe = Path(sys.executable).with_name("petseg")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "petseg"]
 
 
 def run_petseg(*argv, cwd=None) -> subprocess.CompletedProcess:
