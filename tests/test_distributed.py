@@ -34,8 +34,10 @@ cfg = TrainConfig(data_root={root!r}, model_kwargs={tiny!r}, image_size=32, batc
                   scheduler="none", num_workers=0, checkpoint_dir={ckpt!r}, progress=False, live_plot=False,
                   resume={resume!r})
 h = train(cfg)
-print(f"RANK {{os.environ['RANK']}} OF {{os.environ['WORLD_SIZE']}} epochs={{len(h)}} valid_dice={{h[-1]['valid_dice']!r}} "
-      f"run_dir={{h.run_dir}}", flush=True)
+# one write per line: the ranks share stdout, and with PYTHONUNBUFFERED print() writes the newline separately
+sys.stdout.write(f"RANK {{os.environ['RANK']}} OF {{os.environ['WORLD_SIZE']}} epochs={{len(h)}} "
+                 f"valid_dice={{h[-1]['valid_dice']!r}} run_dir={{h.run_dir}}\\n")
+sys.stdout.flush()
 """
 
 
