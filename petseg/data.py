@@ -5,7 +5,7 @@
 # %% ../nbs/00_data.ipynb #22e6db9f
 from __future__ import annotations
 
-import hashlib, http.client, io, json, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.request, uuid, warnings
+import hashlib, http.client, json, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.request, uuid, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -238,13 +238,6 @@ def _is_pet_root(path: Path) -> bool:
     return (path / "images").is_dir() and (path / "annotations" / "trimaps").is_dir() and \
            (path / "annotations" / "trainval.txt").is_file()
 
-def _up_to_repo_root(start: Path) -> list[Path]:
-    "`start` and its parents up to the enclosing git repository's root (all parents when outside a repository)."
-    folders = [start, *start.parents]
-    for i, f in enumerate(folders):
-        if (f / ".git").exists(): return folders[:i + 1]
-    return folders
-
 def _synthetic_pets_cache(cache_root: Path | None = None, **params) -> Path:
     "Synthetic pets written once (atomically) under `cache_root` (default `$XDG_CACHE_HOME/petseg` or `~/.cache/petseg`)."
     params = {**SYNTHETIC_PETS, **params}
@@ -285,10 +278,11 @@ def course_data(verbose: bool = True) -> Path:
         say(f"Using the Oxford-IIIT Pet at {root} (from $PETSEG_DATA; {ATTRIBUTION}).")
         return root
     here = Path.cwd()
-    for folder in _up_to_repo_root(here):
+    for folder in [here, *here.parents]:
         if _is_pet_root(root := folder / DOWNLOAD_ROOT):
             say(f"Using the full Oxford-IIIT Pet at {os.path.relpath(root)} ({ATTRIBUTION}).")
             return root
+        if (folder / ".git").exists(): break            # not above the repository's root
     for folder in [here, *here.parents]:
         if _is_pet_root(root := folder / SAMPLE_ROOT):
             say(f"Using the real 600-photo sample of Oxford-IIIT Pet at {os.path.relpath(root)} ({ATTRIBUTION}).")
@@ -345,7 +339,9 @@ def load_mask_array(path) -> np.ndarray:
         if a[..., -1].min() != a[..., -1].max(): return a[..., -1]   # varying transparency: the alpha channel is the mask
         a, mode = (a[..., :3], "RGB") if mode == "RGBA" else (a[..., 0], mode[0])   # opaque: the alpha says nothing
     if mode == "P" and palette:
-        a = _palette_levels(a, np.array(palette, np.uint8).reshape(-1, 3))
+        palette, used = np.array(palette, np.uint8).reshape(-1, 3), _values(a)
+        if used and max(used) < len(palette) and (palette[used] == palette[used][:, :1]).all():
+            a = palette[a, 0]                # only gray colours used: the gray levels shown (else the label indices)
     elif mode in ("I;16", "I;16B", "I;16L", "I") and set(_values(a)) <= {0, 65535}:
         a = (a // 257).astype(np.uint8)                               # 16-bit black and white: as 0/255
     elif mode not in ("1", "L", "P", "RGB", "I;16", "I;16B", "I;16L", "I"):
@@ -355,13 +351,6 @@ def load_mask_array(path) -> np.ndarray:
             raise DatasetError(f"Mask {path} is a colour image; masks must be single-channel (grayscale PNG).")
         a = a[..., 0]
     return a.astype(np.uint8) if a.dtype == bool else a
-
-def _palette_levels(indices: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    "A palette image's values: the gray levels shown when its used colours are all gray, else the indices (label maps)."
-    used = _values(indices)
-    if used and max(used) < len(palette) and (palette[used] == palette[used][:, :1]).all():
-        return palette[indices, 0]
-    return indices
 
 # %% ../nbs/00_data.ipynb #4b2d3df3
 def _values(a: np.ndarray) -> list[int]:
@@ -413,23 +402,20 @@ def _size_mismatch(image: Path, mask: Path, isz: tuple, msz: tuple) -> str | Non
     "None when an image and its mask have the same (width, height), else a message naming both files."
     return None if tuple(isz) == tuple(msz) else f"{image} is {isz[0]}x{isz[1]} but its mask {mask} is {msz[0]}x{msz[1]}"
 
-def _probe_pair(pair: tuple[str, Path, Path], full: bool = False) -> tuple[str, str] | None:
-    "None when an image/mask pair looks readable and matches in size, else ('unreadable' | 'size', reason)."
-    name, image, mask = pair
-    try:
-        isz, msz = probe_image(image, full), probe_image(mask, full)
-    except ImageReadError as e: return "unreadable", str(e)
-    problem = _size_mismatch(image, mask, isz, msz)
-    return problem and ("size", problem)
-
 def _probe_pairs(pairs: list, validate: bool | str = True) -> dict[str, tuple[str, str]]:
-    "Problems, by name, of the pairs that fail `_probe_pair` (threads); `validate`: True (cheap), 'full' or False."
+    """Problems, by name, of (name, image, mask) pairs that do not decode or differ in size: ('unreadable' | 'size',
+    reason). `validate`: True (cheap checks, in threads), 'full' (decode every file) or False (no checks)."""
     if validate not in (True, False, "full"):
         raise ValueError(f"validate must be True (cheap checks), 'full' (decode every file) or False, not {validate!r}.")
     if not validate: return {}
+    def problem(pair) -> tuple[str, str] | None:
+        name, image, mask = pair
+        try: isz, msz = probe_image(image, validate == "full"), probe_image(mask, validate == "full")
+        except ImageReadError as e: return "unreadable", str(e)
+        mismatch = _size_mismatch(image, mask, isz, msz)
+        return mismatch and ("size", mismatch)
     with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) + 2)) as ex:
-        checks = ex.map(lambda p: _probe_pair(p, full=validate == "full"), pairs)
-        return {p[0]: r for p, r in zip(pairs, checks) if r is not None}
+        return {p[0]: r for p, r in zip(pairs, ex.map(problem, pairs)) if r is not None}
 
 def _warn_skipped(skipped: dict[str, str], where: str) -> None:
     if not skipped: return
@@ -566,21 +552,19 @@ class ImageMaskFolder(Dataset):
                                + "; ".join(unmatched) + ".")
         pairs = [(s, images[s], masks[s]) for s in sorted(images)]
         self.images_dir, self.masks_dir, self.transform = Path(images_dir), Path(masks_dir), transform
-        self.skipped = {}
-        if validate:
-            problems = _probe_pairs(pairs, validate)
-            mismatched = [reason for kind, reason in problems.values() if kind == "size"]
-            if mismatched:
-                raise DatasetError(f"Image and mask sizes differ in {len(mismatched)} pair(s): "
-                                   + "; ".join(mismatched[:10]) + ". Masks must have the size of their image.")
-            self.skipped = {n: reason for n, (kind, reason) in problems.items()}
+        problems = _probe_pairs(pairs, validate)
+        mismatched = [reason for kind, reason in problems.values() if kind == "size"]
+        if mismatched:
+            raise DatasetError(f"Image and mask sizes differ in {len(mismatched)} pair(s): "
+                               + "; ".join(mismatched[:10]) + ". Masks must have the size of their image.")
+        self.skipped = {n: reason for n, (kind, reason) in problems.items()}
         self._cache = None
         if cache_size:
             key = "folder-" + hashlib.sha1(f"{self.images_dir.resolve()}|{self.masks_dir.resolve()}".encode()).hexdigest()[:12]
             kept = [p for p in pairs if p[0] not in self.skipped]
             self._cache = _cache_for(kept, _binary_mask_file, int(cache_size),
                                      Path(cache_dir or self.images_dir.parent / ".petseg_cache"), key, progress)
-            self.skipped = {**self.skipped, **self._cache.skipped}
+            self.skipped.update(self._cache.skipped)
         _warn_skipped(self.skipped, f"{images_dir} / {masks_dir}")
         self.pairs = [p for p in pairs if p[0] not in self.skipped]
         if not self.pairs: raise DatasetError(f"No readable image/mask pairs in {images_dir} and {masks_dir}.")
@@ -622,19 +606,14 @@ def _move_aside(src: Path, target: Path, suffix: str = ".corrupt") -> Path:
     return dest
 
 # %% ../nbs/00_data.ipynb #72dace92
-def _override_hint(name: str, url: str, root: Path) -> str:
+def _override_hint(url: str, dest: Path) -> str:
     return (f"To use another server pass download_oxford_pet(root, base_url=...) or set the PETSEG_DATA_URL environment "
             f"variable (currently {os.environ.get('PETSEG_DATA_URL') or 'unset'}); or download {url} by hand into "
-            f"{root / name} and run again.")
+            f"{dest} and run again.")
 
 def _request(url: str, start: int, timeout: float):
     headers = {"User-Agent": "petseg", **({"Range": f"bytes={start}-"} if start else {})}
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-
-def _range_total(content_range: str | None) -> int | None:
-    "Total size from a Content-Range header such as `bytes 100-199/200` or `bytes */200`."
-    m = re.search(r"/(\d+)\s*$", content_range or "")
-    return int(m.group(1)) if m else None
 
 def download_file(url: str, dest, progress: bool = True, timeout: float = 60) -> Path:
     "Download `url` into `<dest>.part`, resuming a previous partial file with an HTTP Range request; return the part."
@@ -644,16 +623,13 @@ def download_file(url: str, dest, progress: bool = True, timeout: float = 60) ->
     try:
         try:
             resp = _request(url, start, timeout)
-        except urllib.error.HTTPError as e:
-            if e.code != 416 or not start: raise
-            total = _range_total(e.headers.get("Content-Range"))
+        except urllib.error.HTTPError as e:         # 416: nothing after `start`; the part is complete when the
+            if e.code != 416 or not start: raise    # file's size (Content-Range `bytes */<size>`) equals it
+            complete = (e.headers.get("Content-Range") or "").strip().endswith(f"/{start}")
             e.close()
-            if total == start: return part          # the partial file was already complete
-            start, resp = 0, _request(url, 0, timeout)
-        if start and (resp.status != 206 or not (resp.headers.get("Content-Range") or "").startswith(f"bytes {start}-")):
-            if resp.status != 200:                  # a range we did not ask for: ask again for the whole file
-                resp.close(); resp = _request(url, 0, timeout)
-            start = 0                               # the server sent the whole file: start over cleanly
+            if complete: return part
+            start, resp = 0, _request(url, 0, timeout)   # else the part is longer than the file: start over
+        if start and resp.status != 206: start = 0  # the server ignored Range and sends the whole file: start over
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
         got = start
@@ -666,10 +642,9 @@ def download_file(url: str, dest, progress: bool = True, timeout: float = 60) ->
             raise DownloadError(f"The download of {url} stopped after {got} of {total} bytes; the partial file {part} "
                                 f"is kept and the next call resumes from it.")
     except urllib.error.HTTPError as e:
-        raise DownloadError(f"Could not download {url}: HTTP {e.code} {e.reason}. "
-                            + _override_hint(dest.name, url, dest.parent)) from e
+        raise DownloadError(f"Could not download {url}: HTTP {e.code} {e.reason}. " + _override_hint(url, dest)) from e
     except urllib.error.URLError as e:
-        raise DownloadError(f"Could not reach {url}: {e.reason}. " + _override_hint(dest.name, url, dest.parent)) from e
+        raise DownloadError(f"Could not reach {url}: {e.reason}. " + _override_hint(url, dest)) from e
     except (OSError, http.client.HTTPException) as e:
         raise DownloadError(f"The download of {url} was interrupted ({e!r}); the partial file {part} is kept and the "
                             f"next call resumes from it.") from e
@@ -706,11 +681,10 @@ def download_oxford_pet(root, base_url: str | None = None, progress: bool = True
     for name, md5 in (ARCHIVES if md5s is None else md5s).items():
         folder, archive = root / name.split(".")[0], root / name
         if folder.is_dir(): continue                       # already extracted (or the user's own): leave it
-        fetched = False
         if archive.exists() and (actual := file_md5(archive)) != md5:
             aside = _move_aside(archive, archive)
             warnings.warn(f"{archive} has MD5 {actual}, expected {md5}: moved it to {aside} and downloading afresh.")
-        if not archive.exists():
+        if fetched := not archive.exists():
             url = f"{base}/{name}"
             part = download_file(url, archive, progress=progress, timeout=timeout)
             if (actual := file_md5(part)) != md5:
@@ -718,7 +692,6 @@ def download_oxford_pet(root, base_url: str | None = None, progress: bool = True
                 raise ChecksumError(f"{archive.name} downloaded from {url} is corrupt: MD5 {actual}, expected {md5}. "
                                     f"The bad file was moved to {aside} and not used; run again to download it afresh.")
             os.replace(part, archive)
-            fetched = True
         _extract(archive, folder)
         if fetched and not keep_archives: archive.unlink()
     return root
@@ -754,16 +727,6 @@ def _fingerprint(pairs: list) -> str:
             except OSError: h.update(b":missing")
     return h.hexdigest()
 
-def _open_shared(path: Path):
-    """Memory-map the .npy array `path` read-only; the returned open file holds a shared lock on it, which keeps a later
-    build from deleting it (keep the file while the arrays may be reopened, e.g. by DataLoader workers)."""
-    f = open(path, "rb")
-    try:
-        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_SH)
-        return np.load(path, mmap_mode="r"), f          # (a map stays valid even if the file is deleted later)
-    except BaseException:
-        f.close(); raise
-
 class _Cache:
     "The cached arrays of one split: opened lazily in each process (memory maps are not sent to DataLoader workers)."
     def __init__(self, folder: Path, manifest: dict):
@@ -774,8 +737,10 @@ class _Cache:
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._arrays is None:
             n, s = len(self.names), self.manifest["size"]
-            (images, fi), (masks, fm) = [_open_shared(self.folder / self.manifest[k]) for k in ("images", "masks")]
-            self._files = (fi, fm)                      # their shared locks keep a later build from deleting them
+            self._files = tuple(open(self.folder / self.manifest[k], "rb") for k in ("images", "masks"))
+            for f in self._files:                       # a shared lock on each: no later build deletes arrays that
+                if fcntl is not None: fcntl.flock(f, fcntl.LOCK_SH)    # this process or its workers may reopen
+            images, masks = (np.load(f.name, mmap_mode="r") for f in self._files)   # read-only memory maps
             if images.shape[1:] != (s, s, 3) or masks.shape[1:] != (s, s) or len(images) < n or len(masks) < n:
                 raise ValueError("cache arrays do not match their manifest")
             self._arrays = images[:n], masks[:n]
@@ -795,24 +760,21 @@ def _write(f, data: bytes) -> None:
     "Append `data` to an open cache file with an ordinary write (a full disk raises OSError, never SIGBUS)."
     f.write(data)
 
-def _npy_header(shape: tuple) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
-    return buf.getvalue()
-
 @contextmanager
 def _build_lock(folder: Path, key: str):
-    "Hold `<key>.lock` in `folder` so that one process at a time builds this cache; say so when waiting for another."
-    if fcntl is None: yield; return                     # no flock (Windows): builds are not serialised
-    try: f = open(folder / f"{key}.lock", "a+b")
+    "Create `folder` and hold `<key>.lock` in it so that one process at a time builds this cache; say so when waiting."
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / f"{key}.lock", "a+b")
     except OSError as e:
         raise DatasetError(f"Cannot write the cache in {folder} ({e}); pass cache_dir= a writable folder.") from e
     with f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"Another process is building the cache {key} in {folder}; waiting for it to finish "
-                  f"(lock file {f.name}).", file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
+        if fcntl is not None:                           # no flock (Windows): builds are not serialised
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"Another process is building the cache {key} in {folder}; waiting for it to finish "
+                      f"(lock file {f.name}).", file=sys.stderr, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
 def _remove_unused_arrays(folder: Path, key: str, keep: set) -> None:
@@ -839,7 +801,8 @@ def _write_arrays(pairs: list, mask_fn: Callable, size: int, folder: Path, stem:
     names, skipped, ex = [], {}, ThreadPoolExecutor(os.cpu_count() or 1)
     try:
         with open(tmp["images"], "wb") as fi, open(tmp["masks"], "wb") as fm:
-            _write(fi, _npy_header((len(pairs), size, size, 3))); _write(fm, _npy_header((len(pairs), size, size)))
+            for f, shape in ((fi, (len(pairs), size, size, 3)), (fm, (len(pairs), size, size))):
+                np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
             for pair, res in tqdm(zip(pairs, ex.map(work, pairs)), total=len(pairs), desc=f"caching {stem[:-9]}",
                                   disable=not progress, leave=False):
                 if isinstance(res, str): skipped[pair[0]] = res; continue
@@ -872,9 +835,6 @@ def _cache_for(pairs: list, mask_fn: Callable, size: int, folder: Path, key: str
     if size < 1: raise ValueError(f"cache size must be a positive number of pixels, got {size}.")
     key, fp, all_names = f"{key}-{size}", _fingerprint(pairs), [p[0] for p in pairs]
     if cache := _current_cache(folder, key, fp, all_names, size): return cache
-    try: folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DatasetError(f"Cannot create the cache folder {folder} ({e}); pass cache_dir= a writable folder.") from e
     with _build_lock(folder, key):
         if cache := _current_cache(folder, key, fp, all_names, size): return cache   # built while we waited
         _remove_unused_arrays(folder, key, keep=set())                               # a killed build's leftovers
