@@ -5,7 +5,7 @@
 # %% ../nbs/00a_augment.ipynb #3fb6ee78
 from __future__ import annotations
 
-import math
+import functools, math
 from dataclasses import dataclass
 
 import torch
@@ -52,13 +52,10 @@ def _rand(*shape: int, g: torch.Generator | None, device) -> torch.Tensor:
     return torch.rand(*shape, generator=g, device=g.device).to(device, non_blocking=True)
 
 
+@functools.cache
 def _const(values: tuple[float, ...], device, dtype=torch.float32) -> torch.Tensor:
     "A small constant tensor, copied to `device` once and then reused (no host-device copy per batch)."
-    key = (tuple(values), str(device), dtype)
-    if key not in _CONSTS: _CONSTS[key] = torch.tensor(values, dtype=dtype).to(device)
-    return _CONSTS[key]
-
-_CONSTS: dict = {}
+    return torch.tensor(values, dtype=dtype).to(device)
 
 
 def _uniform(lo_hi: tuple[float, float], n: int, g: torch.Generator | None, device) -> torch.Tensor:
@@ -209,5 +206,6 @@ class DeviceAugment:
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     "(x - mean) / std per channel for float images (B,3,H,W) in [0, 1]."
-    m, s = _const(mean, x.device, x.dtype).view(1, -1, 1, 1), _const(std, x.device, x.dtype).view(1, -1, 1, 1)
+    m = _const(tuple(mean), x.device, x.dtype).view(1, -1, 1, 1)
+    s = _const(tuple(std), x.device, x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
