@@ -14,34 +14,27 @@ import torch.nn.functional as F
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto #0
-__all__ = ['TRAIN_RECIPE', 'AugmentRecipe', 'geometry_lookup', 'frame_coverage', 'color_jitter', 'DeviceAugment', 'normalize']
+__all__ = ['AugmentRecipe', 'geometry_lookup', 'frame_coverage', 'color_jitter', 'DeviceAugment', 'normalize']
 
 # %% ../nbs/00a_augment.ipynb #57f28d5e
 @dataclass(frozen=True)
 class AugmentRecipe:
-    "Flip, crop, affine and colour jitter parameters as albumentations samples them; ranges are uniform (low, high)."
-    hflip_p: float = 0.0
-    crop_p: float = 0.0                             # RandomResizedCrop
-    crop_scale: tuple[float, float] = (1.0, 1.0)    # area fraction
+    "Flip, crop, affine and colour jitter parameters (ranges uniform); the defaults are those of `train_transforms`."
+    hflip_p: float = 0.5
+    crop_p: float = 0.5                                 # RandomResizedCrop
+    crop_scale: tuple[float, float] = (0.8, 1.0)        # area fraction
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    affine_p: float = 0.0                           # Affine (shift/scale/rotate)
-    scale_x: tuple[float, float] = (1.0, 1.0)
-    scale_y: tuple[float, float] = (1.0, 1.0)
-    translate_x: tuple[float, float] = (0.0, 0.0)   # fractions of the width
-    translate_y: tuple[float, float] = (0.0, 0.0)
-    rotate: tuple[float, float] = (0.0, 0.0)        # degrees
-    jitter_p: float = 0.0                           # ColorJitter
-    brightness: tuple[float, float] = (1.0, 1.0)
-    contrast: tuple[float, float] = (1.0, 1.0)
-    saturation: tuple[float, float] = (1.0, 1.0)
-    hue: tuple[float, float] = (0.0, 0.0)           # fraction of the colour circle
-
-
-# the parameters of petseg.data.train_transforms (lesson 00a tests that they agree)
-TRAIN_RECIPE = AugmentRecipe(hflip_p=0.5, crop_p=0.5, crop_scale=(0.8, 1.0), affine_p=0.5, scale_x=(0.9, 1.1),
-                             scale_y=(0.9, 1.1), translate_x=(-0.0625, 0.0625), translate_y=(-0.0625, 0.0625),
-                             rotate=(-30.0, 30.0), jitter_p=0.5, brightness=(0.8, 1.2), contrast=(0.8, 1.2),
-                             saturation=(0.8, 1.2), hue=(-0.05, 0.05))
+    affine_p: float = 0.5                               # Affine (shift/scale/rotate)
+    scale_x: tuple[float, float] = (0.9, 1.1)
+    scale_y: tuple[float, float] = (0.9, 1.1)
+    translate_x: tuple[float, float] = (-0.0625, 0.0625)  # fractions of the width
+    translate_y: tuple[float, float] = (-0.0625, 0.0625)
+    rotate: tuple[float, float] = (-30.0, 30.0)         # degrees
+    jitter_p: float = 0.5                               # ColorJitter
+    brightness: tuple[float, float] = (0.8, 1.2)
+    contrast: tuple[float, float] = (0.8, 1.2)
+    saturation: tuple[float, float] = (0.8, 1.2)
+    hue: tuple[float, float] = (-0.05, 0.05)            # fraction of the colour circle
 
 # %% ../nbs/00a_augment.ipynb #ef845e94
 def _rand(*shape: int, g: torch.Generator | None, device) -> torch.Tensor:
@@ -179,7 +172,7 @@ def color_jitter(x: torch.Tensor, r: AugmentRecipe, g: torch.Generator | None = 
 class DeviceAugment:
     "Per-sample random augmentation of uint8 image/mask batches on their device (the `train_transforms` recipe)."
     def __init__(self, size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 generator: torch.Generator | None = None, recipe: AugmentRecipe = TRAIN_RECIPE):
+                 generator: torch.Generator | None = None, recipe: AugmentRecipe = AugmentRecipe()):
         self.size, self.mean, self.std, self.generator, self.recipe = size, tuple(mean), tuple(std), generator, recipe
 
     def __repr__(self) -> str: return f"DeviceAugment(size={self.size}, mean={self.mean}, std={self.std}, recipe={self.recipe})"
