@@ -5,85 +5,36 @@
 # %% ../nbs/00a_augment.ipynb #3fb6ee78
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+import functools, math
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, train_transforms
+from .data import IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto #0
-__all__ = ['AugmentRecipe', 'recipe_from_albumentations', 'geometry_lookup', 'frame_coverage', 'color_jitter', 'DeviceAugment',
-           'normalize']
+__all__ = ['AugmentRecipe', 'geometry_lookup', 'frame_coverage', 'color_jitter', 'DeviceAugment', 'normalize']
 
 # %% ../nbs/00a_augment.ipynb #57f28d5e
 @dataclass(frozen=True)
 class AugmentRecipe:
-    "Train-time augmentation parameters as albumentations samples them; ranges are uniform (low, high)."
-    hflip_p: float = 0.0
-    vflip_p: float = 0.0
-    crop_p: float = 0.0                             # RandomResizedCrop
-    crop_scale: tuple[float, float] = (1.0, 1.0)    # area fraction
+    "Flip, crop, affine and colour jitter parameters (ranges uniform); the defaults are those of `train_transforms`."
+    hflip_p: float = 0.5
+    crop_p: float = 0.5                                 # RandomResizedCrop
+    crop_scale: tuple[float, float] = (0.8, 1.0)        # area fraction
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    affine_p: float = 0.0                           # Affine / ShiftScaleRotate
-    scale_x: tuple[float, float] = (1.0, 1.0)
-    scale_y: tuple[float, float] = (1.0, 1.0)
-    keep_ratio: bool = False
-    translate_x: tuple[float, float] = (0.0, 0.0)   # fractions of the width
-    translate_y: tuple[float, float] = (0.0, 0.0)
-    rotate: tuple[float, float] = (0.0, 0.0)        # degrees
-    jitter_p: float = 0.0                           # ColorJitter
-    brightness: tuple[float, float] = (1.0, 1.0)
-    contrast: tuple[float, float] = (1.0, 1.0)
-    saturation: tuple[float, float] = (1.0, 1.0)
-    hue: tuple[float, float] = (0.0, 0.0)           # fraction of the colour circle
-    geometry_order: tuple[str, ...] = ("hflip", "vflip", "crop", "affine")
-    jitter_first: bool = False                      # ColorJitter before the geometric transforms
-
-# %% ../nbs/00a_augment.ipynb #3b6780b4
-def _pair(v) -> tuple[float, float]:
-    return (float(v[0]), float(v[1])) if isinstance(v, (tuple, list)) else (float(v), float(v))
-
-
-def recipe_from_albumentations(transform) -> tuple[AugmentRecipe, tuple[float, ...] | None, tuple[float, ...] | None]:
-    "Translate an albumentations `Compose` into (`AugmentRecipe`, normalisation mean, std); unsupported transforms raise."
-    import albumentations as A
-    kw, order, mean, std, n_geo_before_jitter = {}, [], None, None, None
-    for t in getattr(transform, "transforms", [transform]):
-        name = type(t).__name__
-        if isinstance(t, A.Resize) or name == "ToTensorV2": continue
-        if isinstance(t, A.HorizontalFlip): kw["hflip_p"] = t.p; order.append("hflip")
-        elif isinstance(t, A.VerticalFlip): kw["vflip_p"] = t.p; order.append("vflip")
-        elif isinstance(t, A.RandomResizedCrop):
-            kw.update(crop_p=t.p, crop_scale=_pair(t.scale), crop_ratio=_pair(t.ratio)); order.append("crop")
-        elif isinstance(t, A.Affine):
-            if t.translate_px is not None and any(_pair(v) != (0.0, 0.0) for v in t.translate_px.values()):
-                raise ValueError("DeviceAugment supports Affine translate_percent, not translate_px.")
-            if any(_pair(v) != (0.0, 0.0) for v in t.shear.values()) or t.balanced_scale or t.fit_output:
-                raise ValueError("DeviceAugment does not support Affine shear, balanced_scale or fit_output.")
-            fills = np.concatenate([np.atleast_1d(t.fill), np.atleast_1d(t.fill_mask)]).astype(float)
-            if t.border_mode != 0 or np.any(fills != 0):  # cv2.BORDER_CONSTANT
-                raise ValueError(f"DeviceAugment supports Affine with a constant 0 border only (border_mode=cv2.BORDER_CONSTANT, "
-                                 f"fill=0, fill_mask=0), got border_mode={t.border_mode}, fill={t.fill}, fill_mask={t.fill_mask}.")
-            tp = t.translate_percent or {"x": (0.0, 0.0), "y": (0.0, 0.0)}
-            kw.update(affine_p=t.p, scale_x=_pair(t.scale["x"]), scale_y=_pair(t.scale["y"]), keep_ratio=bool(t.keep_ratio),
-                      translate_x=_pair(tp["x"]), translate_y=_pair(tp["y"]), rotate=_pair(t.rotate))
-            order.append("affine")
-        elif isinstance(t, A.ColorJitter):
-            kw.update(jitter_p=t.p, brightness=_pair(t.brightness), contrast=_pair(t.contrast),
-                      saturation=_pair(t.saturation), hue=_pair(t.hue))
-            n_geo_before_jitter = len(order)
-        elif isinstance(t, A.Normalize):
-            k = float(t.max_pixel_value) / 255.0
-            mean = tuple(float(m) * k for m in np.atleast_1d(t.mean)); std = tuple(float(s) * k for s in np.atleast_1d(t.std))
-        else: raise ValueError(f"DeviceAugment cannot reproduce the albumentations transform {name}; supported: Resize, "
-                               "HorizontalFlip, VerticalFlip, RandomResizedCrop, Affine/ShiftScaleRotate, ColorJitter, "
-                               "Normalize, ToTensorV2.")
-    if n_geo_before_jitter is not None and 0 < n_geo_before_jitter < len(order):
-        raise ValueError("DeviceAugment needs ColorJitter before or after all the geometric transforms, not between them.")
-    return AugmentRecipe(**kw, geometry_order=tuple(order), jitter_first=n_geo_before_jitter == 0 and bool(order)), mean, std
+    affine_p: float = 0.5                               # Affine (shift/scale/rotate)
+    scale_x: tuple[float, float] = (0.9, 1.1)
+    scale_y: tuple[float, float] = (0.9, 1.1)
+    translate_x: tuple[float, float] = (-0.0625, 0.0625)  # fractions of the width
+    translate_y: tuple[float, float] = (-0.0625, 0.0625)
+    rotate: tuple[float, float] = (-30.0, 30.0)         # degrees
+    jitter_p: float = 0.5                               # ColorJitter
+    brightness: tuple[float, float] = (0.8, 1.2)
+    contrast: tuple[float, float] = (0.8, 1.2)
+    saturation: tuple[float, float] = (0.8, 1.2)
+    hue: tuple[float, float] = (-0.05, 0.05)            # fraction of the colour circle
 
 # %% ../nbs/00a_augment.ipynb #ef845e94
 def _rand(*shape: int, g: torch.Generator | None, device) -> torch.Tensor:
@@ -94,13 +45,10 @@ def _rand(*shape: int, g: torch.Generator | None, device) -> torch.Tensor:
     return torch.rand(*shape, generator=g, device=g.device).to(device, non_blocking=True)
 
 
+@functools.cache
 def _const(values: tuple[float, ...], device, dtype=torch.float32) -> torch.Tensor:
     "A small constant tensor, copied to `device` once and then reused (no host-device copy per batch)."
-    key = (tuple(values), str(device), dtype)
-    if key not in _CONSTS: _CONSTS[key] = torch.tensor(values, dtype=dtype).to(device)
-    return _CONSTS[key]
-
-_CONSTS: dict = {}
+    return torch.tensor(values, dtype=dtype).to(device)
 
 
 def _uniform(lo_hi: tuple[float, float], n: int, g: torch.Generator | None, device) -> torch.Tensor:
@@ -138,7 +86,7 @@ def _crop_lookup(n: int, h: int, w: int, r: AugmentRecipe, g, device, attempts: 
 def _affine_lookup(n: int, w: int, r: AugmentRecipe, g, device) -> torch.Tensor:
     "Lookup matrices (n,3,3) of albumentations' Affine (shift/scale/rotate about the centre) on square images."
     sx = _uniform(r.scale_x, n, g, device)
-    sy = sx if r.keep_ratio else _uniform(r.scale_y, n, g, device)
+    sy = _uniform(r.scale_y, n, g, device)
     a = torch.deg2rad(_uniform(r.rotate, n, g, device))
     tx = torch.trunc(_uniform(r.translate_x, n, g, device) * w) / w * 2  # whole pixels, as albumentations
     ty = torch.trunc(_uniform(r.translate_y, n, g, device) * w) / w * 2
@@ -161,24 +109,14 @@ def _apply_where(m: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
 
 
 def geometry_lookup(n: int, h: int, w: int, r: AugmentRecipe, g: torch.Generator | None = None,
-                    device="cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Per-sample (n,2,3) `affine_grid` matrices for the recipe's flips, crop and affine composed in pipeline order,
-    and for each affine step the lookup into *its* input frame (outside that frame the affine shows its 0 border)."""
-    steps = []
-    for step in r.geometry_order:
-        if step in ("hflip", "vflip"):
-            p, axis = (r.hflip_p, 0) if step == "hflip" else (r.vflip_p, 1)
-            m = torch.eye(3, device=device).repeat(n, 1, 1)
-            m[:, axis, axis] = torch.where(_bernoulli(p, n, g, device), -1.0, 1.0)
-        elif step == "crop": m = _apply_where(_crop_lookup(n, h, w, r, g, device), _bernoulli(r.crop_p, n, g, device))
-        elif step == "affine": m = _apply_where(_affine_lookup(n, w, r, g, device), _bernoulli(r.affine_p, n, g, device))
-        else: raise ValueError(f"unknown geometry step {step!r}")
-        steps.append((step, m))
-    lookup, frames = torch.eye(3, device=device).repeat(n, 1, 1), []
-    for step, m in reversed(steps):  # lookup = L_1 @ L_2 @ ... @ L_k, built from the last step back
-        lookup = m @ lookup
-        if step == "affine": frames.append(lookup[:, :2])
-    return lookup[:, :2], frames
+                    device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (n,2,3) `affine_grid` matrices for the recipe's flip, crop and affine composed in that order,
+    and the affine's own lookup into its input frame (outside that frame the affine shows its 0 border)."""
+    flip = torch.eye(3, device=device).repeat(n, 1, 1)
+    flip[:, 0, 0] = torch.where(_bernoulli(r.hflip_p, n, g, device), -1.0, 1.0)
+    crop = _apply_where(_crop_lookup(n, h, w, r, g, device), _bernoulli(r.crop_p, n, g, device))
+    affine = _apply_where(_affine_lookup(n, w, r, g, device), _bernoulli(r.affine_p, n, g, device))
+    return (flip @ (crop @ affine))[:, :2], affine[:, :2]  # the lookups multiply in pipeline order
 
 
 def frame_coverage(grid: torch.Tensor, size: int) -> torch.Tensor:
@@ -234,9 +172,8 @@ def color_jitter(x: torch.Tensor, r: AugmentRecipe, g: torch.Generator | None = 
 class DeviceAugment:
     "Per-sample random augmentation of uint8 image/mask batches on their device (the `train_transforms` recipe)."
     def __init__(self, size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 generator: torch.Generator | None = None, recipe: AugmentRecipe | None = None):
-        self.size, self.mean, self.std, self.generator = size, tuple(mean), tuple(std), generator
-        self.recipe = recipe if recipe is not None else recipe_from_albumentations(train_transforms(size, mean, std))[0]
+                 generator: torch.Generator | None = None, recipe: AugmentRecipe = AugmentRecipe()):
+        self.size, self.mean, self.std, self.generator, self.recipe = size, tuple(mean), tuple(std), generator, recipe
 
     def __repr__(self) -> str: return f"DeviceAugment(size={self.size}, mean={self.mean}, std={self.std}, recipe={self.recipe})"
 
@@ -247,22 +184,21 @@ class DeviceAugment:
                              f"got {tuple(images.shape)} and {tuple(masks.shape)}.")
         n, dev, r, g = images.shape[0], images.device, self.recipe, self.generator
         x = images.float().div_(255)
-        if r.jitter_first and r.jitter_p: x = color_jitter(x, r, g)
-        theta, frames = geometry_lookup(n, images.shape[2], images.shape[3], r, g, dev)
+        theta, frame = geometry_lookup(n, images.shape[2], images.shape[3], r, g, dev)
         shape = [n, 1, self.size, self.size]
         grid = F.affine_grid(theta, shape, align_corners=False)
         # border padding: a crop resized up replicates its edge pixels, as OpenCV's resize does; the affine's 0 border
         # is the coverage of the affine's own input frame, which a crop before it makes smaller than the source image
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         y = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="border", align_corners=False)
-        for frame in frames:
-            cover = frame_coverage(F.affine_grid(frame, shape, align_corners=False), self.size)
-            x, y = x * cover, y * (cover >= 0.5)
-        if not r.jitter_first and r.jitter_p: x = color_jitter(x.clamp_(0, 1), r, g)
+        cover = frame_coverage(F.affine_grid(frame, shape, align_corners=False), self.size)
+        x, y = x * cover, y * (cover >= 0.5)
+        if r.jitter_p: x = color_jitter(x.clamp_(0, 1), r, g)
         return normalize(x, self.mean, self.std), y
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     "(x - mean) / std per channel for float images (B,3,H,W) in [0, 1]."
-    m, s = _const(mean, x.device, x.dtype).view(1, -1, 1, 1), _const(std, x.device, x.dtype).view(1, -1, 1, 1)
+    m = _const(tuple(mean), x.device, x.dtype).view(1, -1, 1, 1)
+    s = _const(tuple(std), x.device, x.dtype).view(1, -1, 1, 1)
     return (x - m) / s

@@ -5,7 +5,7 @@
 # %% ../nbs/04_evaluate.ipynb #965a451e
 from __future__ import annotations
 
-import contextlib, csv, os, tempfile, warnings
+import contextlib, csv, os, secrets, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -232,16 +232,14 @@ class OutputError(PetsegError):
 
 def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
     "Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`; an `OSError` becomes `OutputError`."
-    path, tmp = Path(path), None
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as e:  # leave no temporary file behind, whatever went wrong
-        if tmp is not None:
-            with contextlib.suppress(OSError): os.unlink(tmp)
+        with contextlib.suppress(OSError): os.unlink(tmp)
         if isinstance(e, OSError): raise OutputError(f"could not write {path}: {e.strerror or e}") from None
         raise
     return path

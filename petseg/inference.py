@@ -106,7 +106,7 @@ def predict(checkpoint: Any, images: Any, out_dir: str | Path | None = None, bat
             if batch:
                 x = torch.stack([image_to_input(im, models[0].size) for _, _, im in batch]).to(dev)
                 probs = predict_probs(models, x, tta).cpu()
-                if mask_dir and not results: _prepare_out_dirs((mask_dir, overlay_dir), [n for n, _ in items])  # sound: write
+                if mask_dir and not results: _write_manifest((mask_dir, overlay_dir), [n for n, _ in items])  # sound: write
                 for (name, src, im), p in zip(batch, probs):
                     up = upsample_probs(p, im.shape[:2])
                     mask = (up > threshold).numpy().astype(np.uint8)
@@ -156,12 +156,9 @@ def check_out_dir(out_dir: str | Path, inputs: Iterable[Any] = (), overlays: boo
                                     "(overwrite=True) to write there anyway, replacing files of the same names")
     return dirs[0], (dirs[1] if overlays else None)
 
-def _prepare_out_dirs(dirs: Iterable[Path | None], names: list[str]):
-    "Create the output folders and record, in the folder above them, the files about to be written."
+def _write_manifest(dirs: Iterable[Path | None], names: list[str]):
+    "Record, in the folder above `dirs`, the files about to be written in them (`write_atomically` makes the folders)."
     dirs = [d for d in dirs if d is not None]
-    for d in dirs:
-        try: d.mkdir(parents=True, exist_ok=True)
-        except OSError as e: raise OutputError(f"could not create the output folder {d}: {e.strerror or e}") from None
     files = sorted(_read_manifest(dirs[0].parent) | {f"{d.name}/{n}.png" for d in dirs for n in names})
     write_atomically(dirs[0].parent / PREDICT_MANIFEST,
                      lambda tmp: tmp.write_text(json.dumps(dict(written_by="petseg predict", files=files), indent=1)))

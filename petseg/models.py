@@ -41,17 +41,15 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 # %% ../nbs/01_models.ipynb #e0057486
 class UpBlock(nn.Module):
-    """Upsample x2 to `up_channels` (default `out_channels`), concatenate the skip, `DoubleConv` to `out_channels`.
+    """Upsample x2 to `out_channels`, concatenate the skip, `DoubleConv` to `out_channels`.
     `mode='transpose'`: a 2x2 stride-2 transposed conv; `'nearest'`: a 1x1 conv, then nearest-neighbour x2."""
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, up_channels: int | None = None,
-                 mode: str = "transpose"):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, mode: str = "transpose"):
         super().__init__()
-        up_channels = up_channels or out_channels
-        if mode == "transpose": self.up = nn.ConvTranspose2d(in_channels, up_channels, kernel_size=2, stride=2)
-        elif mode == "nearest": self.up = nn.Sequential(nn.Conv2d(in_channels, up_channels, kernel_size=1, bias=False),
+        if mode == "transpose": self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        elif mode == "nearest": self.up = nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
                                                        nn.Upsample(scale_factor=2, mode="nearest"))
         else: raise ValueError(f"UpBlock mode must be 'transpose' or 'nearest', got {mode!r}.")
-        self.conv = DoubleConv(up_channels + skip_channels, out_channels)
+        self.conv = DoubleConv(out_channels + skip_channels, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
@@ -63,7 +61,6 @@ class UNet(nn.Module):
     "The U-Net of Ronneberger et al. (2015) with batch norm and same-padding; returns logits of the input's H x W."
     def __init__(self, in_channels: int = 3, out_channels: int = 1, features: tuple[int, ...] = (64, 128, 256, 512)):
         super().__init__()
-        features = tuple(features)
         self.downs = nn.ModuleList()
         ch = in_channels
         for f in features:
@@ -91,8 +88,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # %% ../nbs/01_models.ipynb #10a46eef
 class BasicBlock(nn.Module):
     "ResNet basic block: two 3x3 conv-BN with an identity (or 1x1 conv `downsample`) shortcut; torchvision's names."
-    expansion = 1
-
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
@@ -182,34 +177,28 @@ class WeightsError(PetsegError, RuntimeError):
     "Pretrained weights could not be found, downloaded or loaded."
 
 
-def _imagenet_resnet34_state_dict() -> dict[str, torch.Tensor]:
-    "torchvision's ImageNet ResNet-34 weights from the torch hub cache, downloading them if needed."
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(RESNET34_URL).name
-    try:
-        return torch.hub.load_state_dict_from_url(RESNET34_URL, progress=True, map_location="cpu", check_hash=True,
-                                                  weights_only=True)
-    except Exception as e:
-        raise WeightsError(
-            f"Could not get torchvision's ImageNet ResNet-34 weights from {RESNET34_URL} ({type(e).__name__}: {e}). "
-            f"Without internet, copy that file to {cache} (the torch hub cache; set TORCH_HOME to move it), or pass "
-            f"a local file: ResNet34UNet(pretrained='path/to/resnet34-b627a593.pth'), or use pretrained=False."
-        ) from e
-
-
 def load_resnet34_weights(encoder: ResNet34Encoder,
                           weights: dict[str, torch.Tensor] | str | os.PathLike | None = None) -> ResNet34Encoder:
     "Load torchvision ResNet-34 `weights` (state dict, file path, or None for ImageNet) into `encoder`, in place."
-    if weights is None: sd = _imagenet_resnet34_state_dict()
+    if weights is None:  # from the torch hub cache, downloaded if needed
+        try:
+            sd = torch.hub.load_state_dict_from_url(RESNET34_URL, map_location="cpu", check_hash=True,
+                                                    weights_only=True)
+        except Exception as e:
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(RESNET34_URL).name
+            raise WeightsError(f"Could not get torchvision's ImageNet ResNet-34 weights from {RESNET34_URL} "
+                               f"({type(e).__name__}: {e}). Without internet, copy that file to {cache} (the torch "
+                               "hub cache; set TORCH_HOME to move it), or pass a local file: ResNet34UNet("
+                               "pretrained='path/to/resnet34-b627a593.pth'), or use pretrained=False.") from e
     elif isinstance(weights, (str, os.PathLike)):
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsError(f"ResNet-34 weights file not found: {path}. Download {RESNET34_URL} there, or use pretrained=False.")
         try: sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e: raise WeightsError(f"Could not read ResNet-34 weights from {path}: {e}") from e
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict): sd = sd["state_dict"]
     else: sd = weights
     if not isinstance(sd, dict): raise WeightsError(f"ResNet-34 weights must be a state dict, got {type(sd).__name__}.")
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if not k.removeprefix("module.").startswith("fc.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # the classifier
     w = sd.get("conv1.weight")
     in_ch = encoder.conv1.in_channels
     if w is not None and w.shape[1] != in_ch:  # adapt the RGB stem to in_ch input channels
