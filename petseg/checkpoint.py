@@ -34,22 +34,18 @@ def get_device(name: str | torch.device = "auto") -> torch.device:
     "The torch device for `name`: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."
     if isinstance(name, torch.device): return name
     name = str(name).strip().lower()
-    has_mps = torch.backends.mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available(): return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto": return torch.device(next(kind for kind, ok in available.items() if ok))
     try: dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} was asked for but CUDA is not available here: use device='auto' or 'cpu'.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    elif dev.type == "mps" and not has_mps:
-        raise ConfigError(f"device {name!r} was asked for but Apple's MPS is not available here: use 'auto' or 'cpu'.")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unsupported device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    except RuntimeError: dev = None
+    if dev is None or dev.type not in available:
+        raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    if not available[dev.type]:
+        what = "CUDA" if dev.type == "cuda" else "Apple's MPS"
+        raise ConfigError(f"device {name!r} was asked for but {what} is not available here: "
+                          "use device='auto' or 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     return dev
 
 # %% ../nbs/03a_checkpoint.ipynb #21eeee94
