@@ -306,8 +306,8 @@ class MetricsLogger(Callback):
     order = 60
     TAGS = (("train_loss", "loss/train"), ("valid_loss", "loss/valid"), ("train_dice", "dice/train"),
             ("valid_dice", "dice/valid"), ("lr", "lr"), ("epoch_time_s", "time/epoch_s"), ("images_per_s", "time/images_per_s"))
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
-        self.run_dir, self.tensorboard, self.writer = Path(run_dir), tensorboard, None
+    def __init__(self, run_dir: str | Path):
+        self.run_dir, self.writer = Path(run_dir), None
         self.csv_path = self.run_dir / "metrics.csv"
     def before_fit(self):
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -316,7 +316,6 @@ class MetricsLogger(Callback):
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore"); w.writeheader(); w.writerows(rows)
         os.replace(tmp, self.csv_path)
-        if not self.tensorboard: return
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError as e: warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard.")
         else: self.writer = SummaryWriter(str(self.run_dir), purge_step=self.learn.epoch + 1 if self.learn.epoch else None)
@@ -334,10 +333,11 @@ class ProgressCallback(Callback):
     "Progress bars for each pass (`bars`) and one printed line per epoch (`verbose`)."
     order = 70
     def __init__(self, bars: bool = True, verbose: bool = True): self.bars, self.verbose, self.bar = bars, verbose, None
-    def _open(self, desc: str):
-        if self.bars: self.bar = tqdm(total=len(self.learn.dl), desc=desc, leave=False, unit="batch")
-    def before_train(self): self._open(f"epoch {self.learn.epoch}/{self.learn.n_epochs}")
-    def before_validate(self): self._open("valid")
+    def before_train(self):   # also before_validate
+        l = self.learn
+        desc = f"epoch {l.epoch}/{l.n_epochs}" if l.training else "valid"
+        if self.bars: self.bar = tqdm(total=len(l.dl), desc=desc, leave=False, unit="batch")
+    before_validate = before_train
     def after_batch(self):
         if self.bar is not None: self.bar.update(1)
     def after_train(self):
