@@ -75,12 +75,10 @@ def save_checkpoint(path: str | Path, **state) -> Path:
             with contextlib.suppress(OSError): os.unlink(tmp)
     return path
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    "Delete temporary checkpoint files (`.<name>.<hex>.tmp`) that a killed process left in `folder`; return them."
-    stale = [p for p in Path(folder).glob(".*.pt.*.tmp") if p.is_file()]
-    for p in stale:
+def remove_stale_temporaries(folder: str | Path) -> None:
+    "Delete temporary checkpoint files (`.<name>.<hex>.tmp`) that a killed process left in `folder`."
+    for p in Path(folder).glob(".*.pt.*.tmp"):
         with contextlib.suppress(OSError): p.unlink()
-    return stale
 
 # %% ../nbs/03a_checkpoint.ipynb #7ffd810d
 FILE_SIGNATURES = ((b"PK\x03\x04", "a zip archive"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
@@ -145,8 +143,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         hint = " (best.pt inside it)" if (path / "best.pt").exists() else ""
         raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it{hint}.")
-    try: size = path.stat().st_size
-    except OSError as e: raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}.") from e
+    size = path.stat().st_size
     if size == 0: raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download?")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we explain failures ourselves
