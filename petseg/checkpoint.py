@@ -52,15 +52,13 @@ def get_device(name: str | torch.device = "auto") -> torch.device:
 def save_checkpoint(path: str | Path, **state) -> Path:
     "Write `state` to `path` atomically (temporary file in the same folder, fsync, rename); `CheckpointError` on failure."
     path = Path(path)
-    tmp = None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             torch.save(state, f)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-        tmp = None
         with contextlib.suppress(OSError):  # make the rename itself durable
             dfd = os.open(path.parent, os.O_RDONLY)
             try: os.fsync(dfd)
@@ -70,9 +68,8 @@ def save_checkpoint(path: str | Path, **state) -> Path:
         raise CheckpointError(
             f"could not write checkpoint {path}: {reason}. The previous checkpoint there (if any) is intact; "
             "free some disk space or choose a writable folder (--checkpoint-dir).") from e
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError): os.unlink(tmp)
+    finally:  # a failed write leaves no temporary file (after a successful one it is gone already)
+        with contextlib.suppress(OSError): os.unlink(tmp)
     return path
 
 def remove_stale_temporaries(folder: str | Path) -> None:
