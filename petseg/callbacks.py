@@ -22,9 +22,9 @@ from .learner import CancelFitException, Callback, Learner, plot_history
 # %% auto #0
 __all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted', 'say', 'DeviceCallback', 'ChannelsLast',
            'EpochTotals', 'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for',
-           'MixedPrecision', 'NonFiniteGuard', 'is_out_of_memory', 'OutOfMemory', 'WorkerErrors', 'SaveCheckpoints',
-           'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot',
-           'EpochFunction', 'item_seed', 'SetEpoch', 'AugmentOnDevice', 'CompileModel', 'StopOnSignal']
+           'MixedPrecision', 'NonFiniteGuard', 'OutOfMemory', 'WorkerErrors', 'SaveCheckpoints', 'EarlyStopping',
+           'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot', 'EpochFunction',
+           'item_seed', 'SetEpoch', 'AugmentOnDevice', 'CompileModel', 'StopOnSignal']
 
 # %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
 class TrainingError(PetsegError):
@@ -79,6 +79,7 @@ class EpochTotals:
 class Recorder(Callback):
     "Per-epoch rows of `METRIC_COLUMNS` in `history`; `train`/`valid` hold the last pass's (loss, Dice, images)."
     order = -30
+    state_attrs = ("history",)
     def __init__(self): self.history, self.all_sum, self.lr = [], lambda vs: [float(v) for v in vs], float("nan")
     def before_epoch(self): self.start, self.lr = time.perf_counter(), self.learn.opt.param_groups[0]["lr"]
     def before_train(self): self.totals = EpochTotals()
@@ -95,8 +96,6 @@ class Recorder(Callback):
         self.history.append(dict(epoch=self.learn.epoch, train_loss=tl, train_dice=td, valid_loss=vl, valid_dice=vd,
                                  lr=self.lr, epoch_time_s=time.perf_counter() - self.start,
                                  images_per_s=n / max(self.train_seconds, 1e-9)))
-    def state_dict(self) -> dict: return {"history": [dict(r) for r in self.history]}
-    def load_state_dict(self, state: dict) -> None: self.history = [dict(r) for r in state.get("history", [])]
 
 # %% ../nbs/03b_callbacks.ipynb #5a1bea29
 def schedule_state(scheduler) -> dict:
@@ -149,9 +148,9 @@ class MixedPrecision(Callback):
     def before_batch(self):
         self.autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype)
         self.autocast.__enter__()
-    def after_loss(self):   # also after_batch (a batch cancelled before its loss) and cleanup_fit
+    def after_loss(self):   # also cleanup_fit (an error between before_batch and the loss)
         if self.autocast is not None: self.autocast.__exit__(None, None, None); self.autocast = None
-    after_batch = cleanup_fit = after_loss
+    cleanup_fit = after_loss
     def before_step(self): self.scaler.unscale_(self.learn.opt)   # true gradients for clipping; step won't redo it
     def state_dict(self) -> dict: return self.scaler.state_dict()
     def load_state_dict(self, state: dict) -> None:
@@ -161,7 +160,9 @@ class MixedPrecision(Callback):
 def _last_good(learn: Learner) -> str:
     "Where the last good checkpoint is, for error messages."
     saver = getattr(learn, "save_checkpoints", None)
-    return saver.last_good() if saver is not None else "no checkpoint is written by this learner"
+    if saver is None: return "no checkpoint is written by this learner"
+    if saver.saved_epoch is None: return "no checkpoint was written yet"
+    return f"the last good checkpoint, {saver.paths['last']} (end of epoch {saver.saved_epoch}), is kept"
 
 class NonFiniteGuard(Callback):
     "Stop with `TrainingError` when a pass's mean loss is NaN or infinite."
@@ -174,15 +175,11 @@ class NonFiniteGuard(Callback):
     def after_train(self): self._check(self.learn.recorder.train[0], "training")
     def after_validate(self): self._check(self.learn.recorder.valid[0], "validation")
 
-def is_out_of_memory(e: BaseException) -> bool:
-    "Is `e` a device out-of-memory error?"
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()   # torch.OutOfMemoryError is one
-
 class OutOfMemory(Callback):
     "Replace an out-of-memory error by a `TrainingError` that names the batch and image size to lower."
     def on_error(self):
         l = self.learn
-        if not is_out_of_memory(l.error): return
+        if not (isinstance(l.error, RuntimeError) and "out of memory" in str(l.error).lower()): return
         if torch.cuda.is_available(): torch.cuda.empty_cache()
         n, size = (l.xb.shape[0], l.xb.shape[-1]) if hasattr(l, "xb") and hasattr(l.xb, "shape") else ("?", "?")
         raise TrainingError(f"out of memory with batches of {n} images of {size} px: try a smaller batch size "
@@ -205,12 +202,13 @@ class WorkerErrors(Callback):
 class SaveCheckpoints(Callback):
     "Write `run_dir/last.pt` (resumable) after every epoch and `run_dir/best.pt` (weights) when valid Dice improves."
     order = 50
+    state_attrs = ("best_dice", "best_epoch")
     def __init__(self, run_dir: str | Path, meta: dict):
         self.run_dir, self.meta = Path(run_dir), dict(meta)
         self.paths = {k: self.run_dir / f"{k}.pt" for k in ("best", "last", "swa")}
         self.best_dice, self.best_epoch, self.saved_epoch = -1.0, 0, None
-    def state(self, module: nn.Module, metrics: dict, resumable: bool) -> dict:
-        "A checkpoint's contents; `resumable` adds the optimizer, callback and random states."
+    def save(self, kind: str, module: nn.Module, metrics: dict, resumable: bool = False) -> Path:
+        "Write `paths[kind]` for `module`; `resumable` adds the optimizer, callback and random states."
         l, hist = self.learn, getattr(self.learn, "recorder", None)
         state = dict(self.meta, model_state=unwrap_model(module).state_dict(), epoch=l.epoch, metrics=dict(metrics),
                      history=[dict(r) for r in hist.history] if hist else [], best_valid_dice=self.best_dice,
@@ -220,9 +218,7 @@ class SaveCheckpoints(Callback):
         if resumable:
             state.update(optimizer_state=l.opt.state_dict(), rng_state=get_rng_state(),
                          callbacks={cb.name: cb.state_dict() for cb in l.cbs})
-        return state
-    def save(self, kind: str, module: nn.Module, metrics: dict, resumable: bool = False) -> Path:
-        return save_checkpoint(self.paths[kind], **self.state(module, metrics, resumable))
+        return save_checkpoint(self.paths[kind], **state)
     def before_fit(self):
         remove_stale_temporaries(self.run_dir)          # left by a process killed while writing
         if self.learn.epoch == 0: self.save("last", self.learn.model, {}, resumable=True); self.saved_epoch = 0
@@ -233,17 +229,12 @@ class SaveCheckpoints(Callback):
         if self.best_epoch == row["epoch"]: self.save("best", self.learn.model, metrics)
         self.save("last", self.learn.model, metrics, True)
         self.saved_epoch = self.learn.epoch
-    def last_good(self) -> str:
-        return (f"the last good checkpoint, {self.paths['last']} (end of epoch {self.saved_epoch}), is kept"
-                if self.saved_epoch is not None else "no checkpoint was written yet")
-    def state_dict(self) -> dict: return {"best_dice": self.best_dice, "best_epoch": self.best_epoch}
-    def load_state_dict(self, state: dict) -> None:
-        self.best_dice, self.best_epoch = state.get("best_dice", -1.0), state.get("best_epoch", 0)
 
 # %% ../nbs/03b_callbacks.ipynb #639c87fa
 class EarlyStopping(Callback):
     "End the run after `patience` epochs without a better valid Dice."
     order = 20
+    state_attrs = ("best", "bad_epochs")
     def __init__(self, patience: int, verbose: bool = True):
         self.patience, self.verbose, self.best, self.bad_epochs = patience, verbose, -1.0, 0
     def after_epoch(self):
@@ -253,9 +244,6 @@ class EarlyStopping(Callback):
         if self.bad_epochs >= self.patience and self.learn.epoch < self.learn.n_epochs:
             self.learn.stop_reason = "early_stopped"
             if self.verbose: say(f"early stopping: no better valid Dice for {self.patience} epochs (best {self.best:.4f}).")
-    def state_dict(self) -> dict: return {"best": self.best, "bad_epochs": self.bad_epochs}
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.bad_epochs = state.get("best", -1.0), state.get("bad_epochs", 0)
 
 class PauseAfterEpoch(Callback):
     "End the run, resumably, after epoch `epoch`."
@@ -270,19 +258,17 @@ class SWA(Callback):
     order = 30
     def __init__(self, start: int, swa_lr: float | None = None):
         self.start, self.swa_lr, self.model, self.schedule, self.metrics, self._state = start, swa_lr, None, None, None, None
-    def _begin(self):
+    def before_epoch(self):   # the first epoch >= start: begin averaging (with a constant rate instead of the schedule)
+        if self.learn.epoch < self.start or self.model is not None: return
         from torch.optim.swa_utils import SWALR, AveragedModel
         self.model = AveragedModel(unwrap_model(self.learn.model))
-        if self.swa_lr is not None: self.schedule = SWALR(self.learn.opt, swa_lr=self.swa_lr, anneal_epochs=1)
-        if self._state is not None:
-            self.model.load_state_dict(self._state["model"])
-            if self.schedule is not None and self._state.get("schedule"): self.schedule.load_state_dict(self._state["schedule"])
-    def before_epoch(self):
-        if self.learn.epoch < self.start: return
-        if self.model is None: self._begin()
-        if self.schedule is not None and hasattr(self.learn, "lr_scheduler"): self.learn.lr_scheduler.active = False
+        if self._state: self.model.load_state_dict(self._state["model"])
+        if self.swa_lr is None: return
+        self.schedule = SWALR(self.learn.opt, swa_lr=self.swa_lr, anneal_epochs=1)
+        if self._state: self.schedule.load_state_dict(self._state["schedule"])
+        if hasattr(self.learn, "lr_scheduler"): self.learn.lr_scheduler.active = False
     def after_train(self):
-        if self.model is None or self.learn.epoch < self.start: return
+        if self.model is None: return
         self.model.update_parameters(unwrap_model(self.learn.model))
         if self.schedule is not None: self.schedule.step()
     def after_fit(self):
@@ -320,8 +306,8 @@ class MetricsLogger(Callback):
     order = 60
     TAGS = (("train_loss", "loss/train"), ("valid_loss", "loss/valid"), ("train_dice", "dice/train"),
             ("valid_dice", "dice/valid"), ("lr", "lr"), ("epoch_time_s", "time/epoch_s"), ("images_per_s", "time/images_per_s"))
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
-        self.run_dir, self.tensorboard, self.writer = Path(run_dir), tensorboard, None
+    def __init__(self, run_dir: str | Path):
+        self.run_dir, self.writer = Path(run_dir), None
         self.csv_path = self.run_dir / "metrics.csv"
     def before_fit(self):
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -330,7 +316,6 @@ class MetricsLogger(Callback):
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore"); w.writeheader(); w.writerows(rows)
         os.replace(tmp, self.csv_path)
-        if not self.tensorboard: return
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError as e: warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard.")
         else: self.writer = SummaryWriter(str(self.run_dir), purge_step=self.learn.epoch + 1 if self.learn.epoch else None)
@@ -348,10 +333,11 @@ class ProgressCallback(Callback):
     "Progress bars for each pass (`bars`) and one printed line per epoch (`verbose`)."
     order = 70
     def __init__(self, bars: bool = True, verbose: bool = True): self.bars, self.verbose, self.bar = bars, verbose, None
-    def _open(self, desc: str):
-        if self.bars: self.bar = tqdm(total=len(self.learn.dl), desc=desc, leave=False, unit="batch")
-    def before_train(self): self._open(f"epoch {self.learn.epoch}/{self.learn.n_epochs}")
-    def before_validate(self): self._open("valid")
+    def before_train(self):   # also before_validate
+        l = self.learn
+        desc = f"epoch {l.epoch}/{l.n_epochs}" if l.training else "valid"
+        if self.bars: self.bar = tqdm(total=len(l.dl), desc=desc, leave=False, unit="batch")
+    before_validate = before_train
     def after_batch(self):
         if self.bar is not None: self.bar.update(1)
     def after_train(self):

@@ -34,37 +34,31 @@ def get_device(name: str | torch.device = "auto") -> torch.device:
     "The torch device for `name`: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."
     if isinstance(name, torch.device): return name
     name = str(name).strip().lower()
-    has_mps = torch.backends.mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available(): return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto": return torch.device(next(kind for kind, ok in available.items() if ok))
     try: dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} was asked for but CUDA is not available here: use device='auto' or 'cpu'.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    elif dev.type == "mps" and not has_mps:
-        raise ConfigError(f"device {name!r} was asked for but Apple's MPS is not available here: use 'auto' or 'cpu'.")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unsupported device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    except RuntimeError: dev = None
+    if dev is None or dev.type not in available:
+        raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    if not available[dev.type]:
+        what = "CUDA" if dev.type == "cuda" else "Apple's MPS"
+        raise ConfigError(f"device {name!r} was asked for but {what} is not available here: "
+                          "use device='auto' or 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     return dev
 
 # %% ../nbs/03a_checkpoint.ipynb #21eeee94
 def save_checkpoint(path: str | Path, **state) -> Path:
     "Write `state` to `path` atomically (temporary file in the same folder, fsync, rename); `CheckpointError` on failure."
     path = Path(path)
-    tmp = None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             torch.save(state, f)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-        tmp = None
         with contextlib.suppress(OSError):  # make the rename itself durable
             dfd = os.open(path.parent, os.O_RDONLY)
             try: os.fsync(dfd)
@@ -74,17 +68,14 @@ def save_checkpoint(path: str | Path, **state) -> Path:
         raise CheckpointError(
             f"could not write checkpoint {path}: {reason}. The previous checkpoint there (if any) is intact; "
             "free some disk space or choose a writable folder (--checkpoint-dir).") from e
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError): os.unlink(tmp)
+    finally:  # a failed write leaves no temporary file (after a successful one it is gone already)
+        with contextlib.suppress(OSError): os.unlink(tmp)
     return path
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    "Delete temporary checkpoint files (`.<name>.<hex>.tmp`) that a killed process left in `folder`; return them."
-    stale = [p for p in Path(folder).glob(".*.pt.*.tmp") if p.is_file()]
-    for p in stale:
+def remove_stale_temporaries(folder: str | Path) -> None:
+    "Delete temporary checkpoint files (`.<name>.<hex>.tmp`) that a killed process left in `folder`."
+    for p in Path(folder).glob(".*.pt.*.tmp"):
         with contextlib.suppress(OSError): p.unlink()
-    return stale
 
 # %% ../nbs/03a_checkpoint.ipynb #7ffd810d
 FILE_SIGNATURES = ((b"PK\x03\x04", "a zip archive"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
@@ -149,8 +140,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         hint = " (best.pt inside it)" if (path / "best.pt").exists() else ""
         raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it{hint}.")
-    try: size = path.stat().st_size
-    except OSError as e: raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}.") from e
+    size = path.stat().st_size
     if size == 0: raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download?")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we explain failures ourselves

@@ -26,10 +26,8 @@ class DistContext:
     "This process's place in a `torchrun` job; a plain run is rank 0 of 1."
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
-    backend: str | None = None
-    owns_group: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
     @property
     def enabled(self) -> bool: return self.world_size > 1
     @property
@@ -60,19 +58,16 @@ class DistContext:
 # %% ../nbs/03c_distributed.ipynb #c7b1e1c7
 def init_distributed(device: str = "auto") -> DistContext:
     "Join the process group when launched by `torchrun` (WORLD_SIZE > 1): NCCL on CUDA, else gloo; else a 1-process context."
-    if dist.is_available() and dist.is_initialized():  # the caller set it up: use it, leave it open
-        ctx = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_backend())
-    else:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1: return DistContext()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    callers_group = dist.is_available() and dist.is_initialized()   # the caller set it up: use it, leave it open
+    if not callers_group:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return DistContext()
         if not dist.is_available(): raise TrainingError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed.")
-        rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
         cuda = torch.cuda.is_available() and not str(device).startswith(("cpu", "mps"))
         if cuda: torch.cuda.set_device(local)
         dist.init_process_group("nccl" if cuda else "gloo")
-        ctx = DistContext(rank, world, local, "nccl" if cuda else "gloo", owns_group=True)
-    ctx.device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else torch.device("cpu")
-    return ctx
+    process_device = torch.device("cuda", local) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return DistContext(dist.get_rank(), dist.get_world_size(), process_device, owns_group=not callers_group)
 
 
 def valid_shard(n: int, rank: int, world_size: int) -> list[int]:

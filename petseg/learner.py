@@ -14,8 +14,7 @@ from torch.utils.data import Dataset
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['EVENTS', 'ImageMaskPairs', 'plot_history', 'CancelFitException', 'CancelEpochException', 'CancelBatchException',
-           'Callback', 'Learner']
+__all__ = ['EVENTS', 'ImageMaskPairs', 'plot_history', 'CancelFitException', 'Callback', 'Learner']
 
 # %% ../nbs/03_learner.ipynb #b80cf0ec
 class ImageMaskPairs(Dataset):
@@ -46,12 +45,6 @@ def plot_history(history: Sequence[dict], fig=None):
 class CancelFitException(Exception):
     "Raise in a callback to end `fit` now; `after_fit` still runs."
 
-class CancelEpochException(Exception):
-    "Raise in a callback to skip the rest of this epoch (validation included)."
-
-class CancelBatchException(Exception):
-    "Raise in a callback to skip the rest of this batch."
-
 EVENTS = ("before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss", "before_step",
           "after_step", "after_batch", "after_train", "before_validate", "after_validate", "after_epoch", "after_fit",
           "on_error", "cleanup_fit")
@@ -61,6 +54,7 @@ class Callback:
     "Base class of Learner callbacks: define any of `EVENTS` as a method; lower `order` runs first."
     order: int = 0
     learn: "Learner | None" = None
+    state_attrs: tuple[str, ...] = ()   # the attributes a checkpoint keeps to resume the callback exactly
 
     @property
     def name(self) -> str:
@@ -68,11 +62,13 @@ class Callback:
         return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", type(self).__name__).lower()
 
     def state_dict(self) -> dict:
-        "What a checkpoint keeps of this callback to resume it exactly (nothing by default)."
-        return {}
+        "What a checkpoint keeps of this callback to resume it exactly: its `state_attrs` (nothing by default)."
+        return {k: getattr(self, k) for k in self.state_attrs}
 
     def load_state_dict(self, state: dict) -> None:
         "Restore `state_dict()`'s dict."
+        for k in self.state_attrs:
+            if k in state: setattr(self, k, state[k])
 
 # %% ../nbs/03_learner.ipynb #1b32700c
 class Learner:
@@ -114,14 +110,12 @@ def step(self: Learner) -> None: self.opt.step()
 @patch
 def one_batch(self: Learner) -> None:
     "Forward, loss, and when training backward and step, with events between."
-    try:
-        self.predict();  self.callback("after_pred")
-        self.get_loss(); self.callback("after_loss")
-        if self.training:
-            self.backward(); self.callback("before_step")
-            self.step();     self.callback("after_step")
-            self.opt.zero_grad(set_to_none=True)
-    except CancelBatchException: pass
+    self.predict();  self.callback("after_pred")
+    self.get_loss(); self.callback("after_loss")
+    if self.training:
+        self.backward(); self.callback("before_step")
+        self.step();     self.callback("after_step")
+        self.opt.zero_grad(set_to_none=True)
     self.callback("after_batch")
 
 @patch
@@ -150,12 +144,10 @@ def fit(self: Learner, n_epochs: int, start_epoch: int = 0) -> "Learner":
     try:
         self.callback("before_fit")
         for self.epoch in range(start_epoch + 1, n_epochs + 1):
-            try:
-                self.callback("before_epoch")
-                self.one_phase(True)
-                self.one_phase(False)
-                self.callback("after_epoch")
-            except CancelEpochException: pass
+            self.callback("before_epoch")
+            self.one_phase(True)
+            self.one_phase(False)
+            self.callback("after_epoch")
             if self.stop_reason: break
         self.stop_reason = self.stop_reason or "finished"
         self.callback("after_fit")

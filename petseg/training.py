@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 import petseg
@@ -31,7 +31,7 @@ from .augment import DeviceAugment, normalize
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'RUN_FILES',
            'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'TrainConfig', 'field_help', 'field_section', 'check_config',
            'SeededItems', 'EpochSampler', 'folder_split', 'make_datasets', 'make_optimizer', 'make_scheduler',
-           'run_files', 'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable', 'History', 'RunLock',
+           'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable', 'History', 'run_lock',
            'FirstBatches', 'make_loaders', 'stop_workers', 'training_callbacks', 'train']
 
 # %% ../nbs/03d_training.ipynb #14f8d15a
@@ -94,9 +94,8 @@ class TrainConfig:
 def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
     "{field: (section, comment)} from the source of the dataclass `cls`: `# section` lines and the comment after each field."
     import importlib, inspect, re
-    try: source = inspect.getsource(cls)
-    except (OSError, TypeError):  # defined in a notebook cell: read the exported module's copy
-        source = inspect.getsource(getattr(importlib.import_module("petseg.training"), cls.__name__))
+    # the exported module's copy of `cls`: a class defined in a notebook cell has no source file
+    source = inspect.getsource(getattr(importlib.import_module("petseg.training"), cls.__name__))
     docs, section = {}, ""
     for line in source.splitlines():
         if m := re.match(r"\s+#\s*(\w[\w ]*)$", line): section = m.group(1).strip()
@@ -171,14 +170,9 @@ class SeededItems(ImageMaskPairs):
             self.transform.set_random_seed(item_seed(self.seed, epoch, i))
         return super().__getitem__(i)
 
-class EpochSampler(Sampler):
-    "Yields `(epoch, index)` from `base`, a sampler reshuffled by `set_epoch`."
-    def __init__(self, base: Sampler): self.base, self.epoch = base, 0
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.base, "set_epoch"): self.base.set_epoch(epoch)
-    def __iter__(self) -> Iterator[tuple[int, int]]: return ((self.epoch, i) for i in self.base)
-    def __len__(self) -> int: return len(self.base)
+class EpochSampler(DistributedSampler):
+    "A `DistributedSampler` (this process's share, shuffled from seed and epoch) that yields `(epoch, index)` keys."
+    def __iter__(self) -> Iterator[tuple[int, int]]: return ((self.epoch, i) for i in super().__iter__())
 
 def folder_split(n: int) -> tuple[list[int], list[int]]:
     "Train/valid indices of a user's folder of `n` pairs: index i is validation when i % 10 == 0 (the course's rule)."
@@ -221,10 +215,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
 
 # %% ../nbs/03d_training.ipynb #0a025467
 RUN_FILES = ("best.pt", "last.pt", "swa.pt", "metrics.csv", "config.json")
-
-def run_files(folder: Path) -> dict[str, Path]:
-    "The checkpoints of the run in `folder`: {'best': folder/best.pt, 'last': ..., 'swa': ...}."
-    return {k: folder / f"{k}.pt" for k in ("best", "last", "swa")}
 
 def run_folder(cfg: TrainConfig) -> Path:
     "The folder of a new run: `checkpoint_dir/run_name` (default: the model), or `-2`, `-3`, ... while taken (unless overwrite)."
@@ -282,31 +272,30 @@ def resumable(ckpt: dict, path: Path) -> dict:
 # %% ../nbs/03d_training.ipynb #141dc51a
 class History(list):
     "The per-epoch rows `train` returns (a list of dicts), with `run_dir`, `checkpoints`, `swa` metrics and `status`."
-    def __init__(self, rows: Iterable[dict] = (), run_dir: Path | None = None, checkpoints: dict | None = None,
-                 swa: dict | None = None, status: str = "running"):
+    def __init__(self, rows: Iterable[dict], run_dir: Path, swa: dict | None = None, status: str = "running"):
         super().__init__(rows)
-        self.run_dir, self.checkpoints, self.swa, self.status = run_dir, dict(checkpoints or {}), swa, status
+        self.run_dir, self.swa, self.status = run_dir, swa, status
+        self.checkpoints = {k: run_dir / f"{k}.pt" for k in ("best", "last", "swa")}
     @property
     def best(self) -> dict | None:
         "The row with the highest valid Dice."
         return max(self, key=lambda r: r["valid_dice"]) if self else None
 
-class RunLock:
-    "An exclusive lock on a run folder (`.lock`), so that two processes never write into the same run."
-    def __init__(self, folder: Path): self.folder, self.fd = folder, None
-    def __enter__(self) -> "RunLock":
-        try: import fcntl
-        except ImportError: return self          # no POSIX locks (Windows): go on unlocked
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-        try: fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd); self.fd = None
-            raise ConfigError(f"another petseg process is training in {self.folder}: wait for it to end, or give this "
-                              "run another name (run_name / --run-name).") from None
-        return self
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None: os.close(self.fd); self.fd = None
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    "Lock the run folder `folder` (`.lock`) for the `with` block, so that two processes never write into one run."
+    try: import fcntl
+    except ImportError: fcntl = None          # no POSIX locks (Windows): go on unlocked
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ConfigError(f"another petseg process is training in {folder}: wait for it to end, or give this "
+                                  "run another name (run_name / --run-name).") from None
+        yield
+    finally: os.close(fd)
 
 # %% ../nbs/03d_training.ipynb #93474049
 def _worker_init(worker_id: int) -> None:
@@ -323,13 +312,12 @@ def make_loaders(cfg: TrainConfig, ctx: DistContext, mean, std, device: torch.de
                  on_device_augment: bool) -> tuple[Any, DataLoader, EpochSampler]:
     "(train loader, this process's valid loader, the train sampler) for `cfg`."
     train_ds, valid_ds, tt = make_datasets(cfg, mean, std, on_device_augment)
-    base = DistributedSampler(range(len(train_ds)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
-    sampler = EpochSampler(base)
+    sampler = EpochSampler(range(len(train_ds)), num_replicas=ctx.world_size, rank=ctx.rank, seed=cfg.seed)
     nw = cfg.num_workers
     common = dict(batch_size=cfg.batch_size, num_workers=nw, persistent_workers=nw > 0,
                   pin_memory=device.type == "cuda", worker_init_fn=_worker_init if nw else None)
     train_dl = DataLoader(SeededItems(train_ds, tt, cfg.seed), sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed),
-                          drop_last=len(base) > cfg.batch_size, **common)  # never a last batch of 1 (BatchNorm needs 2)
+                          drop_last=len(sampler) > cfg.batch_size, **common)  # no last batch of 1 (BatchNorm needs 2)
     if cfg.max_train_batches: train_dl = FirstBatches(train_dl, cfg.max_train_batches)
     valid = ImageMaskPairs(Subset(valid_ds, valid_shard(len(valid_ds), ctx.rank, ctx.world_size)))
     return train_dl, DataLoader(valid, shuffle=False, **common), sampler
@@ -401,12 +389,12 @@ def _train(cfg: TrainConfig, ctx: DistContext, extra: list[Callback]) -> History
         if ctx.is_main:
             say(f"Nothing to do: {path} is from a finished run ({how}); best valid Dice {ckpt.get('best_valid_dice', float('nan')):.4f}. "
                 "To train more, start a new run (or resume with a larger epochs when scheduler='none').")
-        return History(ckpt.get("history", []), path.parent, run_files(path.parent), status="nothing_to_do")
+        return History(ckpt.get("history", []), path.parent, status="nothing_to_do")
     run_dir = Path(cfg.resume).parent if ckpt is not None else Path(ctx.agree(str(run_folder(cfg))))
     wanted = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
     if ckpt is None and ctx.is_main and run_dir != wanted and cfg.verbose:
         say(f"An earlier run is kept in {wanted}: this run is {run_dir.name!r} (overwrite=True / --overwrite replaces it).")
-    with RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
+    with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():
         return _fit(cfg, ckpt, ctx, run_dir, extra)
 
 
@@ -439,13 +427,13 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, e
         set_rng_state(ckpt["rng_state"])
     if ctx.is_main and cfg.verbose:
         what = f"resuming {run_dir / 'last.pt'} at epoch {ckpt['epoch'] + 1}" if ckpt is not None else "training"
-        say(f"{what}: {cfg.model}, {len(sampler.base) * ctx.world_size} train / {len(valid_dl.dataset) * ctx.world_size} "
+        say(f"{what}: {cfg.model}, {len(sampler) * ctx.world_size} train / {len(valid_dl.dataset) * ctx.world_size} "
             f"valid images at {cfg.image_size}px on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}; "
             f"run folder {run_dir} (best.pt, last.pt, metrics.csv; tensorboard --logdir {run_dir.parent})")
     try: learn.fit(cfg.epochs, start_epoch=ckpt["epoch"] if ckpt is not None else 0)
     finally: stop_workers(train_dl, valid_dl)
-    paths = run_files(run_dir)
     swa = learn.swa.metrics if hasattr(learn, "swa") else None
     if learn.stop_reason == "paused" and ctx.is_main and cfg.verbose:
-        say(f"paused after epoch {learn.epoch} (stop_after_epoch); resume with petseg train --resume {paths['last']}")
-    return History(learn.recorder.history, run_dir, paths, swa, learn.stop_reason)
+        say(f"paused after epoch {learn.epoch} (stop_after_epoch); resume with "
+            f"petseg train --resume {run_dir / 'last.pt'}")
+    return History(learn.recorder.history, run_dir, swa, learn.stop_reason)

@@ -309,7 +309,7 @@ def test_stale_temporary_files_are_removed_on_the_next_start(pets, tmp_path):
 def test_a_second_process_on_the_same_run_is_refused(pets, tmp_path):
     "The run folder is locked while a run writes into it."
     cfg = config(pets, tmp_path, run_name="busy")
-    with T.RunLock(Path(cfg.checkpoint_dir) / "busy"):   # as another process would hold it
+    with T.run_lock(Path(cfg.checkpoint_dir) / "busy"):   # as another process would hold it
         with pytest.raises(ConfigError, match="another petseg process is training in .*busy"):
             train(TrainConfig(**{**cfg.__dict__, "overwrite": True}))
 
