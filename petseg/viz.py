@@ -203,8 +203,6 @@ def error_map(gt, pred) -> np.ndarray:
     "`uint8` `(H, W, 3)` image: TP, FP and FN pixels in `ERROR_COLORS`, true negatives black."
     return error_overlay(np.zeros((*to_mask(gt).shape, 3), np.uint8), gt, pred, alpha=1.0)
 
-def _add_error_legend(fig: Figure): _legend(fig, {ERROR_LABELS[k]: ERROR_COLORS[k] for k in ("TP", "FP", "FN")})
-
 def plot_predictions(images: Sequence, gts: Sequence, preds: Sequence, names: Sequence[str] | None = None,
                      dices: Sequence[float] | None = None, alpha: float = 0.5, mean=None, std=None,
                      size: float = 2.4) -> Figure:
@@ -219,7 +217,7 @@ def plot_predictions(images: Sequence, gts: Sequence, preds: Sequence, names: Se
                                   (str(names[i]) if names is not None else "image", "ground truth", "prediction",
                                    "errors" + (f" · Dice {float(dices[i]):.3f}" if dices is not None else ""))):
             ax.imshow(pic, cmap="gray", vmin=0, vmax=1); ax.set_title(title, fontsize="small")
-    _add_error_legend(fig)
+    _legend(fig, {ERROR_LABELS[k]: c for k, c in ERROR_COLORS.items()})
     return fig
 
 def _plot_rows(rows: list[dict], alpha: float, size: float, with_breed: bool = False) -> Figure:
@@ -239,8 +237,7 @@ def _table_rows(table) -> list[dict]:
     if isinstance(table, (str, Path)):
         with open(table, newline="") as f: rows = list(csv.DictReader(f))
     elif isinstance(table, Mapping):
-        key = next((k for k in ("per_image", "table", "rows") if k in table), None)
-        if key: return _table_rows(table[key])
+        if "per_image" in table: return _table_rows(table["per_image"])
         rows = [dict(zip(table, vals)) for vals in zip(*table.values())]       # a dict of columns
     elif hasattr(table, "to_dict"): rows = table.to_dict("records")           # a pandas DataFrame
     else: rows = [dict(r) for r in getattr(table, "rows", table)]             # an EvalResult, or a list of dicts
@@ -339,7 +336,7 @@ def compare_models(models, ds, idxs: Sequence[int] | None = None, n: int = 3, th
             cols.append(("ensemble", dict(ref, pred=p > threshold, dice=_dice(p > threshold, ref["gt"]))))
         for ax, (name, r) in zip(axes[i, 2:], cols):
             ax.imshow(error_overlay(r["image"], r["gt"], r["pred"], alpha)); ax.set_title(f"{name} · Dice {r['dice']:.3f}", fontsize="small")
-    _add_error_legend(fig)
+    _legend(fig, {ERROR_LABELS[k]: c for k, c in ERROR_COLORS.items()})
     return fig
 
 # %% ../nbs/06_viz.ipynb #3fec70f3
@@ -425,7 +422,7 @@ def _shape_of(out) -> tuple | list | None:
 
 def _fmt_shape(s) -> str: return "-" if s is None else ", ".join(map(_fmt_shape, s)) if isinstance(s, list) else str(s)
 
-@dataclass
+@dataclass(repr=False)
 class ModelSummary:
     "Parameter counts and output shapes of a model's blocks, one row per call in the order they ran (blocks that never ran last)."
     model_name: str
@@ -447,8 +444,7 @@ class ModelSummary:
         return "\n".join([f"{self.model_name}: {self.total_params:,} parameters ({self.trainable_params:,} trainable)",
                           line(head), "  ".join("-" * x for x in w), *map(line, body)])
 
-    def __str__(self): return self.table()
-    def _repr_pretty_(self, p, cycle): p.text(self.table())
+    def __repr__(self): return self.table()
 
     def plot(self, size: float = 3.2) -> Figure:
         "Two panels: parameters per block (log scale) and the feature map's channels and height after each call."
