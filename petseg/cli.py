@@ -80,12 +80,8 @@ def out_file(s: str) -> Path:
 _features = _arg_type(lambda s: tuple(int(x) for x in s.replace(" ", "").split(",") if x), lambda v: v and min(v) >= 1,
                       "comma-separated positive integers such as 8,16,32,64")   # UNet channel widths
 
-def _json_dict(s: str) -> dict:
-    "An argparse type: a JSON object."
-    try: v = json.loads(s)
-    except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {s!r}") from None
-    if not isinstance(v, dict): raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"features\": [8, 16, 32, 64]}}', got {s!r}")
-    return v
+_json_dict = _arg_type(json.loads, lambda v: isinstance(v, dict),
+                       """a JSON object such as '{"features": [8, 16, 32, 64]}'""")   # --model-kwargs
 
 # the course's spellings (and a few other familiar ones) of `TrainConfig` fields, besides --field-name and --field_name
 TRAIN_FLAG_ALIASES = {"data_root": ["--data-path", "--data_path"], "image_size": ["--size", "--img_size"],
@@ -119,7 +115,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         _add_train_flag(g, f, docs[f.name])
         if f.name == "model_kwargs": g.add_argument("--features", type=_features, help="UNet channel widths, e.g. 8,16,32,64")
         if f.name == "data_root": g.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing Oxford-IIIT Pet")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 # %% ../nbs/07_cli.ipynb #2cc82736
 def _cmd_download(args) -> int:
@@ -130,9 +125,7 @@ def train_config_from_args(args) -> TrainConfig:
     "A `TrainConfig` from parsed `petseg train` arguments: the flags given, `TrainConfig`'s defaults for the rest."
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS]
     kw = {k: str(v) if isinstance(v, Path) else v for k in names if (v := getattr(args, k, None)) is not None}
-    mk = dict(args.model_kwargs or {})
-    if args.features: mk["features"] = list(args.features)
-    if mk: kw["model_kwargs"] = mk
+    if args.features: kw["model_kwargs"] = {**(args.model_kwargs or {}), "features": list(args.features)}
     if bool(args.images_dir) != bool(args.masks_dir): raise UsageError("--images-dir and --masks-dir go together")
     if args.images_dir and args.data_root: raise UsageError("give --data-root or --images-dir/--masks-dir, not both")
     if not args.resume and not args.images_dir: kw.setdefault("data_root", DATA_ROOT)
@@ -269,12 +262,11 @@ def _add_model_input_args(p: argparse.ArgumentParser, size_help: str):
     p.add_argument("--threshold", type=unit_interval, default=0.5,
                    help="probability threshold, strictly between 0 and 1 (default: %(default)s)")
 
-def _add_run_args(p: argparse.ArgumentParser, batch_size: int, quiet: str = "no progress bar"):
-    "Batch size, device and --quiet flags."
+def _add_run_args(p: argparse.ArgumentParser, batch_size: int):
+    "Batch size and device flags."
     p.add_argument("--batch-size", "--batch_size", "--bs", dest="batch_size", type=bounded_int(1, 1024), default=batch_size,
                    help="1 to 1024 (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--quiet", "-q", action="store_true", help=quiet)
 
 def _add_evaluate_and_predict(sub) -> None:
     "The `evaluate` and `predict` subcommands."
@@ -341,7 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where images/ and annotations/ go (default: %(default)s)")
     p.add_argument("--base-url", help="server holding images.tar.gz and annotations.tar.gz "
                    "(default: $PETSEG_DATA_URL, else the Oxford VGG site)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("train", help="train a model", description="Train UNet or ResNet34-UNet with BCE + Dice. Everything a "
@@ -364,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=0, help="default: %(default)s")
     p.add_argument("--device", default="cpu", help="default: %(default)s (the demo is sized for a laptop CPU)")
     p.add_argument("--threads", type=nonneg_int, default=1, help="PyTorch CPU threads; 0: PyTorch's default (default: %(default)s)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
+    for p in sub.choices.values(): p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return parser
 
 # %% ../nbs/07_cli.ipynb #508b2a37

@@ -19,7 +19,6 @@ from matplotlib.patches import Patch
 from fastcore.basics import patch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, OxfordPetDataset, load_mask_array, train_transforms
-from .augment import DeviceAugment
 from .models import count_parameters
 from .evaluate import (LoadedModel, _EvalView, dice_from_counts, eval_mode, load_models, mask_counts, predict_probs,
                              upsample_probs)
@@ -144,23 +143,15 @@ def show_batch(data, idxs: Sequence[int] | None = None, n: int = 4, seed: int | 
 # %% ../nbs/06_viz.ipynb #44cb91cc
 def show_augmented(ds, idx: int = 0, transform=None, n: int = 7, image_size: int | None = None, seed: int = 0,
                    ncols: int = 4, size: float = 2.2) -> Figure:
-    "The original sample and `n` augmented views of item `idx`, each with its mask outline: albumentations `transform` or `DeviceAugment`."
+    "Item `idx` and `n` views of it by an albumentations `transform` (default `train_transforms`), with mask outlines."
     img, mask, title = _raw(ds, _pick(ds, [idx], 1, None)[0])
-    image_size = image_size or (transform.size if isinstance(transform, DeviceAugment) else min(img.shape[:2]))
-    transform = transform if transform is not None else train_transforms(image_size)
-    views = [(img, mask)]
-    if isinstance(transform, DeviceAugment):
-        torch.manual_seed(seed) if transform.generator is None else transform.generator.manual_seed(seed)
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].repeat(n, 1, 1, 1)
-        xs, ys = transform(x, torch.from_numpy(mask)[None, None].repeat(n, 1, 1, 1))
-        views += [(to_image(xs[k], transform.mean, transform.std), to_mask(ys[k])) for k in range(n)]
-    else:
-        import albumentations as A          # undo the transform's Normalize (given for 0-255 pixels) to show its views
-        norm = [t for t in getattr(transform, "transforms", [transform]) if isinstance(t, A.Normalize)]
-        scale = [np.atleast_1d(v) * norm[0].max_pixel_value / 255 for v in (norm[0].mean, norm[0].std)] if norm else (None, None)
-        if hasattr(transform, "set_random_seed"): transform.set_random_seed(seed)
-        views += [(to_image(out["image"], *scale), to_mask(out["mask"]))
-                  for out in (transform(image=img, mask=mask) for _ in range(n))]
+    transform = transform if transform is not None else train_transforms(image_size or min(img.shape[:2]))
+    import albumentations as A          # undo the transform's Normalize (given for 0-255 pixels) to show its views
+    norm = next((t for t in getattr(transform, "transforms", [transform]) if isinstance(t, A.Normalize)), None)
+    scale = [np.atleast_1d(v) * norm.max_pixel_value / 255 for v in (norm.mean, norm.std)] if norm else (None, None)
+    if hasattr(transform, "set_random_seed"): transform.set_random_seed(seed)
+    views = [(img, mask)] + [(to_image(out["image"], *scale), to_mask(out["mask"]))
+                             for out in (transform(image=img, mask=mask) for _ in range(n))]
     fig, axes = _figure(-(-len(views) // ncols), ncols, size)
     for k, (ax, (im, m)) in enumerate(zip(axes.flat, views)):
         ax.imshow(im); ax.contour(m.astype(float), levels=[0.5], colors="#F0E442", linewidths=1.2)
@@ -169,21 +160,12 @@ def show_augmented(ds, idx: int = 0, transform=None, n: int = 7, image_size: int
     return fig
 
 # %% ../nbs/06_viz.ipynb #1d6f15c0
-def _load(model, size: int | None = None) -> LoadedModel:
+def _load(model) -> LoadedModel:
     "One `LoadedModel` (see `petseg.evaluate.load_models`) from a module, a checkpoint path or dict, or a `LoadedModel`."
     if isinstance(model, LoadedModel): return model
     if isinstance(model, (list, tuple)): raise TypeError("give one model here (a list is an ensemble: see compare_models)")
     return load_models(model, "cpu" if isinstance(model, (str, Path, Mapping)) else
-                       next(model.parameters(), torch.empty(0)).device, size)[0]
-
-def _prepare(ds, i: int, lm: LoadedModel) -> dict:
-    "Item `i` as the model sees it: dict(index, name, species, breed, x: (3,H,W) in [0,1], gt: boolean (H,W))."
-    item = ds[i]
-    if isinstance(item["image"], torch.Tensor):   # a dataset with its own transform: undo its normalisation (taken to be the model's)
-        x = (item["image"].float() * torch.tensor(lm.std)[:, None, None] + torch.tensor(lm.mean)[:, None, None]).clamp(0, 1)
-    else: item = _EvalView([item], lm.size)[0]; x = item["image"]     # as evaluate resizes: image bilinear, mask nearest
-    return dict(index=i, name=str(item.get("name", i)), species=str(item.get("species", "")),
-                breed=str(item.get("breed", "")), x=x, gt=to_mask(item["mask"]))
+                       next(model.parameters(), torch.empty(0)).device)[0]
 
 def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
     "Hard Dice of one boolean prediction against its mask, as `evaluate` counts it."
@@ -191,15 +173,16 @@ def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def predict_items(model, ds, idxs: Sequence[int], threshold: float = 0.5, batch_size: int = 16) -> list[dict]:
     "For each index of `ds`: dict(index, name, species, breed, image, gt, prob, pred, dice) from one model (module, checkpoint or `LoadedModel`)."
-    lm = _load(model)
-    rows = [_prepare(ds, int(i), lm) for i in idxs]
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s:s + batch_size]
-        if len({tuple(r["x"].shape) for r in chunk}) == 1: probs = predict_probs([lm], torch.stack([r["x"] for r in chunk])).cpu()
-        else: probs = [predict_probs([lm], r["x"][None]).cpu()[0] for r in chunk]
-        for r, p in zip(chunk, probs):
-            r.update(image=to_image(r.pop("x")), prob=p[0].numpy())
-            r.update(pred=r["prob"] > threshold, dice=_dice(r["prob"] > threshold, r["gt"]))
+    if getattr(ds, "transform", None) is not None: raise TypeError("predict_items: give a dataset without a transform")
+    lm, idxs, rows = _load(model), [int(i) for i in idxs], []
+    view = _EvalView(ds, lm.size)                  # as evaluate resizes: image bilinear, mask nearest
+    for s in range(0, len(idxs), batch_size):
+        items = [view[i] for i in idxs[s:s + batch_size]]
+        probs = predict_probs([lm], torch.stack([it["image"] for it in items])).cpu().numpy()[:, 0]
+        for i, it, prob in zip(idxs[s:s + batch_size], items, probs):
+            gt, pred = to_mask(it["mask"]), prob > threshold
+            rows.append(dict(index=i, name=it["name"], species=it["species"], breed=it["breed"],
+                             image=to_image(it["image"]), gt=gt, prob=prob, pred=pred, dice=_dice(pred, gt)))
     return rows
 
 # %% ../nbs/06_viz.ipynb #8e9ecb37
@@ -220,8 +203,6 @@ def error_map(gt, pred) -> np.ndarray:
     "`uint8` `(H, W, 3)` image: TP, FP and FN pixels in `ERROR_COLORS`, true negatives black."
     return error_overlay(np.zeros((*to_mask(gt).shape, 3), np.uint8), gt, pred, alpha=1.0)
 
-def _add_error_legend(fig: Figure): _legend(fig, {ERROR_LABELS[k]: ERROR_COLORS[k] for k in ("TP", "FP", "FN")})
-
 def plot_predictions(images: Sequence, gts: Sequence, preds: Sequence, names: Sequence[str] | None = None,
                      dices: Sequence[float] | None = None, alpha: float = 0.5, mean=None, std=None,
                      size: float = 2.4) -> Figure:
@@ -236,7 +217,7 @@ def plot_predictions(images: Sequence, gts: Sequence, preds: Sequence, names: Se
                                   (str(names[i]) if names is not None else "image", "ground truth", "prediction",
                                    "errors" + (f" · Dice {float(dices[i]):.3f}" if dices is not None else ""))):
             ax.imshow(pic, cmap="gray", vmin=0, vmax=1); ax.set_title(title, fontsize="small")
-    _add_error_legend(fig)
+    _legend(fig, {ERROR_LABELS[k]: c for k, c in ERROR_COLORS.items()})
     return fig
 
 def _plot_rows(rows: list[dict], alpha: float, size: float, with_breed: bool = False) -> Figure:
@@ -254,11 +235,9 @@ def show_results(model, ds, idxs: Sequence[int] | None = None, n: int = 4, thres
 def _table_rows(table) -> list[dict]:
     "Per-image rows (dicts with `dice`) from an evaluate result, a list of dicts, a dict of columns, a DataFrame or a CSV path."
     if isinstance(table, (str, Path)):
-        if not Path(table).is_file(): raise FileNotFoundError(f"no such CSV file: {table}")
         with open(table, newline="") as f: rows = list(csv.DictReader(f))
     elif isinstance(table, Mapping):
-        key = next((k for k in ("per_image", "table", "rows") if k in table), None)
-        if key: return _table_rows(table[key])
+        if "per_image" in table: return _table_rows(table["per_image"])
         rows = [dict(zip(table, vals)) for vals in zip(*table.values())]       # a dict of columns
     elif hasattr(table, "to_dict"): rows = table.to_dict("records")           # a pandas DataFrame
     else: rows = [dict(r) for r in getattr(table, "rows", table)]             # an EvalResult, or a list of dicts
@@ -334,10 +313,9 @@ def _as_models(models) -> dict:
     "{display name: model spec} from a mapping, or from one model or a list (named after their files or classes)."
     if isinstance(models, Mapping) and "model_state" not in models: return dict(models)
     out = {}
-    for m in models if isinstance(models, (list, tuple)) else [models]:
-        name, k = _model_name(m), 2
-        while name in out: name, k = f"{_model_name(m)} #{k}", k + 1
-        out[name] = m
+    for k, m in enumerate(models if isinstance(models, (list, tuple)) else [models], 1):
+        name = _model_name(m)
+        out[f"{name} #{k}" if name in out else name] = m       # the same model twice: numbered by its place in the list
     return out
 
 def compare_models(models, ds, idxs: Sequence[int] | None = None, n: int = 3, threshold: float = 0.5,
@@ -358,7 +336,7 @@ def compare_models(models, ds, idxs: Sequence[int] | None = None, n: int = 3, th
             cols.append(("ensemble", dict(ref, pred=p > threshold, dice=_dice(p > threshold, ref["gt"]))))
         for ax, (name, r) in zip(axes[i, 2:], cols):
             ax.imshow(error_overlay(r["image"], r["gt"], r["pred"], alpha)); ax.set_title(f"{name} · Dice {r['dice']:.3f}", fontsize="small")
-    _add_error_legend(fig)
+    _legend(fig, {ERROR_LABELS[k]: c for k, c in ERROR_COLORS.items()})
     return fig
 
 # %% ../nbs/06_viz.ipynb #3fec70f3
@@ -374,13 +352,6 @@ class SegmentationBrowser:
         self.fig, (self.axes,) = _figure(1, 4, size)
         self.update(index=index, threshold=threshold)
 
-    def _row(self) -> dict:
-        key = (self.model, self.index)
-        if key not in self._cache:
-            self._specs[self.model] = lm = _load(self._specs[self.model])        # loaded on first use
-            self._cache[key] = predict_items(lm, self.ds, [self.index])[0]
-        return self._cache[key]
-
     def update(self, index: int | None = None, threshold: float | None = None, model: str | None = None) -> float:
         "Show image `index` at `threshold` with `model` (None keeps the current one); redraw and return the image's Dice."
         if index is not None: self.index = _pick(self.ds, [index], 1, None)[0]       # IndexError when out of range
@@ -390,7 +361,10 @@ class SegmentationBrowser:
         if model is not None:
             if model not in self._specs: raise ValueError(f"unknown model {model!r}; choose one of {self.model_names}")
             self.model = model
-        r = self._row()
+        if (key := (self.model, self.index)) not in self._cache:
+            self._specs[self.model] = lm = _load(self._specs[self.model])        # loaded on first use
+            self._cache[key] = predict_items(lm, self.ds, [self.index])[0]
+        r = self._cache[key]
         pred = r["prob"] > self.threshold
         self.dice = _dice(pred, r["gt"])
         pics = (r["image"], r["gt"], r["prob"], error_overlay(r["image"], r["gt"], pred, self.alpha))
@@ -441,15 +415,14 @@ def _repr_mimebundle_(self: SegmentationBrowser, **kwargs): return self.widget._
 
 # %% ../nbs/06_viz.ipynb #e0e37655
 def _shape_of(out) -> tuple | list | None:
-    "The shape of a tensor output; a list of shapes for a list, tuple or dict of tensors; None otherwise."
+    "The shape of a tensor output; a list of shapes for a list or tuple of tensors; None otherwise."
     if isinstance(out, torch.Tensor): return tuple(out.shape)
-    if isinstance(out, Mapping): out = list(out.values())
     if isinstance(out, (list, tuple)): return [s for s in map(_shape_of, out) if s is not None] or None
     return None
 
 def _fmt_shape(s) -> str: return "-" if s is None else ", ".join(map(_fmt_shape, s)) if isinstance(s, list) else str(s)
 
-@dataclass
+@dataclass(repr=False)
 class ModelSummary:
     "Parameter counts and output shapes of a model's blocks, one row per call in the order they ran (blocks that never ran last)."
     model_name: str
@@ -471,8 +444,7 @@ class ModelSummary:
         return "\n".join([f"{self.model_name}: {self.total_params:,} parameters ({self.trainable_params:,} trainable)",
                           line(head), "  ".join("-" * x for x in w), *map(line, body)])
 
-    def __str__(self): return self.table()
-    def _repr_pretty_(self, p, cycle): p.text(self.table())
+    def __repr__(self): return self.table()
 
     def plot(self, size: float = 3.2) -> Figure:
         "Two panels: parameters per block (log scale) and the feature map's channels and height after each call."
@@ -503,11 +475,10 @@ def _blocks(model: nn.Module, depth: int) -> list[tuple[str, nn.Module]]:
     walk("", model, 1)
     return out
 
-def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 64, 64), depth: int = 1,
-                  device: str | torch.device | None = None) -> ModelSummary:
+def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 64, 64), depth: int = 1) -> ModelSummary:
     "Run a zero batch of `input_size` through `model` (eval mode, no gradients) with forward hooks on its blocks `depth` levels down."
     if depth < 1: raise ValueError(f"model_summary: depth must be >= 1, got {depth}")
-    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    device = next(model.parameters(), torch.empty(0)).device
     blocks, calls = _blocks(model, depth), []
     handles = [m.register_forward_hook(lambda mod, inp, out, n=n: calls.append((n, _shape_of(out)))) for n, m in blocks]
     try:
@@ -516,7 +487,7 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 64, 64), 
         for h in handles: h.remove()
     ran = [(n, s, sum(c == n for c, _ in calls[:k + 1])) for k, (n, s) in enumerate(calls)]   # (name, shape, call number)
     ran += [(n, None, 0) for n, _ in blocks if n not in {c for c, _ in calls}]
-    rows = [dict(name=n, type=type(m := dict(blocks)[n]).__name__, call=c, params=count_parameters(m),
-                 trainable=count_parameters(m, trainable_only=True), shape=s) for n, s, c in ran]
+    rows = [dict(name=n, type=type(m := dict(blocks)[n]).__name__, call=c, params=count_parameters(m), shape=s)
+            for n, s, c in ran]
     return ModelSummary(type(model).__name__, tuple(input_size), _shape_of(out), rows,
                         count_parameters(model), count_parameters(model, trainable_only=True))
