@@ -146,6 +146,7 @@ class MixedPrecision(Callback):
         l.backward = lambda: scaler.scale(l.loss).backward()
         l.step = lambda: (scaler.step(l.opt), scaler.update())
     def before_batch(self):
+        self.after_loss()   # a batch without a loss (SWA's BatchNorm update) left its context open
         self.autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype)
         self.autocast.__enter__()
     def after_loss(self):   # also cleanup_fit (an error between before_batch and the loss)
