@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib, math, os, random, secrets, warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,9 +18,10 @@ from .data import PetsegError
 from .models import MODEL_NAMES, build_model
 
 # %% auto #0
-__all__ = ['FILE_SIGNATURES', 'MAX_IMAGE_SIZE', 'MAX_CHANNELS', 'CheckpointError', 'ConfigError', 'get_device', 'save_checkpoint',
-           'remove_stale_temporaries', 'describe_file', 'check_checkpoint', 'load_checkpoint', 'load_model_state',
-           'unwrap_model', 'model_from_checkpoint', 'get_rng_state', 'set_rng_state', 'seed_everything']
+__all__ = ['FILE_SIGNATURES', 'MAX_IMAGE_SIZE', 'MAX_CHANNELS', 'CheckpointError', 'ConfigError', 'get_device', 'OutputError',
+           'write_atomically', 'save_checkpoint', 'remove_stale_temporaries', 'describe_file', 'check_checkpoint',
+           'load_checkpoint', 'load_model_state', 'unwrap_model', 'model_from_checkpoint', 'get_rng_state',
+           'set_rng_state', 'seed_everything']
 
 # %% ../nbs/03a_checkpoint.ipynb #4a0004c6
 class CheckpointError(PetsegError):
@@ -49,27 +50,40 @@ def get_device(name: str | torch.device = "auto") -> torch.device:
     return dev
 
 # %% ../nbs/03a_checkpoint.ipynb #21eeee94
-def save_checkpoint(path: str | Path, **state) -> Path:
-    "Write `state` to `path` atomically (temporary file in the same folder, fsync, rename); `CheckpointError` on failure."
+class OutputError(PetsegError):
+    "A file petseg was asked to write could not be written, or would replace files petseg did not write."
+
+def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    "Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`; an `OSError` becomes `OutputError`."
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:  # leave no temporary file behind, whatever went wrong
+        with contextlib.suppress(OSError): os.unlink(tmp)
+        if isinstance(e, OSError): raise OutputError(f"could not write {path}: {e.strerror or e}") from e
+        raise
+    return path
+
+def save_checkpoint(path: str | Path, **state) -> Path:
+    "Write `state` to `path` with `write_atomically`, synced to disk; `CheckpointError` on failure."
+    def write(tmp: Path):
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             torch.save(state, f)
             f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try: os.fsync(dfd)
-            finally: os.close(dfd)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+    try: path = write_atomically(path, write)
+    except (OutputError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        cause = e.__cause__ if isinstance(e, OutputError) else e
+        reason = getattr(cause, "strerror", None) or str(cause).splitlines()[0]
         raise CheckpointError(
             f"could not write checkpoint {path}: {reason}. The previous checkpoint there (if any) is intact; "
             "free some disk space or choose a writable folder (--checkpoint-dir).") from e
-    finally:  # a failed write leaves no temporary file (after a successful one it is gone already)
-        with contextlib.suppress(OSError): os.unlink(tmp)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try: os.fsync(dfd)
+        finally: os.close(dfd)
     return path
 
 def remove_stale_temporaries(folder: str | Path) -> None:

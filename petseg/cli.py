@@ -13,7 +13,8 @@ import torch
 
 import petseg
 from .data import PetsegError, download_oxford_pet, make_synthetic_pets, read_split
-from .evaluate import SIZE_LIMITS, OutputError, evaluate, write_atomically, write_rows_csv
+from .checkpoint import OutputError, write_atomically
+from .evaluate import SIZE_LIMITS, evaluate, write_rows_csv
 from .inference import OutputExistsError, predict
 from .models import MODEL_NAMES
 from .training import (AMP_MODES, NORMALIZATIONS, OPTIMIZERS, SCHEDULERS, ConfigError, TrainConfig, TrainingInterrupted,

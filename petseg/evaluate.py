@@ -5,7 +5,7 @@
 # %% ../nbs/04_evaluate.ipynb #965a451e
 from __future__ import annotations
 
-import contextlib, csv, os, secrets, warnings
+import contextlib, csv, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -20,12 +20,12 @@ from tqdm.auto import tqdm
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, ImageMaskFolder, OxfordPetDataset, PetsegError
 from .losses import _ratio
-from .checkpoint import get_device, model_from_checkpoint
+from .checkpoint import OutputError, get_device, model_from_checkpoint, write_atomically
 
 # %% auto #0
 __all__ = ['SIZE_LIMITS', 'mask_counts', 'dice_from_counts', 'iou_from_counts', 'LoadedModel', 'load_models', 'eval_mode',
            'ModelOutputError', 'predict_probs', 'image_to_input', 'upsample_probs', 'EvalResult', 'setup_models',
-           'evaluate', 'OutputError', 'write_atomically', 'write_rows_csv']
+           'evaluate', 'write_rows_csv']
 
 # %% ../nbs/04_evaluate.ipynb #e2c6f5e1
 def mask_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -227,23 +227,6 @@ def evaluate(checkpoint_or_model: Any, data_root: str | Path | None = None, spli
     return res
 
 # %% ../nbs/04_evaluate.ipynb #628e94ec
-class OutputError(PetsegError):
-    "A file petseg was asked to write could not be written, or would replace files petseg did not write."
-
-def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    "Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`; an `OSError` becomes `OutputError`."
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # not mkstemp: keep the umask's permissions
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:  # leave no temporary file behind, whatever went wrong
-        with contextlib.suppress(OSError): os.unlink(tmp)
-        if isinstance(e, OSError): raise OutputError(f"could not write {path}: {e.strerror or e}") from None
-        raise
-    return path
-
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
     "Write per-image rows to a CSV file (parent folders created, written atomically); returns the path."
     if Path(path).is_dir(): raise OutputError(f"{path} is a folder: give a file name for the per-image CSV")

@@ -16,7 +16,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import IMAGE_EXTS, DatasetError, ImageReadError, PetsegError, load_rgb
-from .evaluate import OutputError, image_to_input, predict_probs, setup_models, upsample_probs, write_atomically
+from .checkpoint import OutputError, write_atomically
+from .evaluate import image_to_input, predict_probs, setup_models, upsample_probs
 
 # %% auto #0
 __all__ = ['PREDICT_MANIFEST', 'collect_images', 'to_rgb', 'overlay_mask', 'Prediction', 'Predictions', 'predict',

@@ -22,7 +22,8 @@ from PIL import Image
 
 import petseg.data
 from petseg import cli
-from petseg.evaluate import OutputError, evaluate, write_rows_csv
+from petseg.checkpoint import OutputError
+from petseg.evaluate import evaluate, write_rows_csv
 from petseg.inference import OutputExistsError, predict
 
 from petseg.training import TrainConfig, train
