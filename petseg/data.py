@@ -505,12 +505,14 @@ def eval_transforms(size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.
 
 # %% ../nbs/00_data.ipynb #ce5815f5
 def compute_mean_std(dataset, max_items: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    "Per-channel pixel mean and std, in [0, 1], over the raw images of `dataset` (its first `max_items` if given)."
+    "Per-channel pixel mean and std, in [0, 1], over the raw images of `dataset` or a `Subset` (the first `max_items`)."
     n = len(dataset) if max_items is None else min(len(dataset), max_items)
     if n == 0: raise DatasetError("compute_mean_std got an empty dataset.")
+    subset = isinstance(dataset, torch.utils.data.Subset)        # a Subset's raw images come from its dataset
+    base, idx = (dataset.dataset, dataset.indices) if subset else (dataset, range(len(dataset)))
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
     for i in range(n):
-        img = dataset.load(i)[0] if hasattr(dataset, "load") else dataset[i]["image"]
+        img = base.load(idx[i])[0] if hasattr(base, "load") else dataset[i]["image"]
         if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3):
             raise DatasetError("compute_mean_std needs raw uint8 (H, W, 3) images: give it a dataset without a transform.")
         px = img.reshape(-1, 3).astype(np.float64) / 255.0

@@ -361,14 +361,7 @@ def _normalisation(cfg: TrainConfig, ckpt: dict | None) -> tuple[tuple, tuple]:
     "(mean, std): the checkpoint's when resuming, the training set's for normalization='dataset', else ImageNet's."
     if ckpt is not None: return tuple(ckpt["mean"]), tuple(ckpt["std"])
     if cfg.normalization != "dataset": return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
-    return compute_mean_std(_RawImages(make_datasets(cfg)[0]))
-
-class _RawImages:
-    "The untransformed images (`load`) of a dataset or a `Subset` of one, for `compute_mean_std`."
-    def __init__(self, ds): self.base, self.idx = (ds.dataset, ds.indices) if isinstance(ds, Subset) else (ds, range(len(ds)))
-    def __len__(self) -> int: return len(self.idx)
-    def load(self, i: int): return self.base.load(self.idx[i])
-
+    return compute_mean_std(make_datasets(cfg)[0])
 
 # %% ../nbs/03d_training.ipynb #1b5ae660
 def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[dict, list], Any]] | None = None) -> History:
