@@ -94,8 +94,9 @@ class TrainConfig:
 def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
     "{field: (section, comment)} from the source of the dataclass `cls`: `# section` lines and the comment after each field."
     import importlib, inspect, re
-    # the exported module's copy of `cls`: a class defined in a notebook cell has no source file
-    source = inspect.getsource(getattr(importlib.import_module("petseg.training"), cls.__name__))
+    try: source = inspect.getsource(cls)
+    except (OSError, TypeError):  # defined in a notebook cell: read the exported module's copy
+        source = inspect.getsource(getattr(importlib.import_module("petseg.training"), cls.__name__))
     docs, section = {}, ""
     for line in source.splitlines():
         if m := re.match(r"\s+#\s*(\w[\w ]*)$", line): section = m.group(1).strip()
