@@ -3,6 +3,7 @@ from .data import *
 from .augment import *
 from .models import *
 from .losses import *
+from .palette import *
 from .learner import *
 from .checkpoint import *
 from .callbacks import *

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .data import IMAGE_EXTS, DatasetError, ImageReadError, PetsegError, load_rgb
 from .checkpoint import OutputError, write_atomically
 from .evaluate import image_to_input, predict_probs, setup_models, upsample_probs
+from .palette import PALETTE, mask_image, outline, rgb
 
 # %% auto #0
 __all__ = ['PREDICT_MANIFEST', 'collect_images', 'to_rgb', 'overlay_mask', 'Prediction', 'Predictions', 'predict',
@@ -61,12 +62,15 @@ def to_rgb(src: Any, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(a)
 
 # %% ../nbs/05_inference.ipynb #c677b5b4
-def overlay_mask(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 40, 0), alpha: float = 0.45) -> np.ndarray:
-    "RGB uint8 `image` with binary `mask` tinted in `color` and outlined (mask pixels with a 4-neighbour outside it)."
+def overlay_mask(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = rgb("pet"), alpha: float = 0.35,
+                 halo: tuple[int, int, int] | None = rgb("halo")) -> np.ndarray:
+    "RGB uint8 `image` with binary `mask` tinted in `color`, outlined in `color` and ringed just outside in `halo` (None: no ring)."
     out, m = image.astype(np.float32), mask.astype(bool)
     out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, np.float32)
-    p = np.pad(m, 1)  # the outline: pixels of the mask that are not inside it (also those on the image border)
-    out[m & ~(p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:])] = color
+    if halo is not None:                                         # background pixels sharing an edge with the mask
+        p = np.pad(m, 1)
+        out[~m & (p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:])] = halo
+    out[outline(m)] = color
     return out.round().astype(np.uint8)
 
 # %% ../nbs/05_inference.ipynb #8560ff65

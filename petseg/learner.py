@@ -13,6 +13,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from fastcore.basics import patch
 
+from .palette import PALETTE
+
 # %% auto #0
 __all__ = ['EVENTS', 'ImageMaskPairs', 'plot_history', 'CancelFitException', 'Callback', 'Learner']
 
@@ -29,6 +31,7 @@ class ImageMaskPairs(Dataset):
 def plot_history(history: Sequence[dict], fig=None):
     "Loss and Dice curves (train and valid, whichever `history` rows hold) in a matplotlib figure of two panels."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig = fig or plt.figure(figsize=(9, 3.2))
     fig.clf()
     ax1, ax2 = fig.subplots(1, 2)
@@ -36,8 +39,9 @@ def plot_history(history: Sequence[dict], fig=None):
     for ax, key, title in ((ax1, "loss", "BCE + Dice loss"), (ax2, "dice", "mean Dice")):
         for split in ("train", "valid"):
             if history and f"{split}_{key}" in history[0]:
-                ax.plot(ep, [r[f"{split}_{key}"] for r in history], "o-", label=split)
-        ax.set_xlabel("epoch"); ax.set_title(title); ax.grid(alpha=0.3); ax.legend()
+                ax.plot(ep, [r[f"{split}_{key}"] for r in history], "o-", color=PALETTE[split], label=split)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # epochs are whole numbers
+        ax.set_xlabel("epoch"); ax.set_title(title, fontsize=11); ax.grid(alpha=0.3); ax.legend()
     fig.tight_layout()
     return fig
 

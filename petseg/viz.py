@@ -16,12 +16,14 @@ import torch
 from torch import nn
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.patheffects import withStroke
 from fastcore.basics import patch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, OxfordPetDataset, load_mask_array, train_transforms
 from .models import count_parameters
 from .evaluate import (LoadedModel, _EvalView, dice_from_counts, eval_mode, load_models, mask_counts, predict_probs,
                              upsample_probs)
+from .palette import ERROR_COLORS, ERROR_LABELS, PALETTE, mask_image, rgb
 
 def figure_png(fig: Figure, dpi: int | None = None) -> bytes:
     "PNG bytes of a matplotlib `Figure` (at the figure's own dpi by default): how notebooks display petseg's figures."
@@ -39,9 +41,9 @@ def register_notebook_display() -> bool:
 register_notebook_display()
 
 # %% auto #0
-__all__ = ['TRIMAP_COLORS', 'ERROR_COLORS', 'ERROR_LABELS', 'SPECIES_COLORS', 'figure_png', 'register_notebook_display',
-           'to_image', 'to_mask', 'trimap_image', 'show_batch', 'show_augmented', 'predict_items', 'error_overlay',
-           'error_map', 'plot_predictions', 'show_results', 'worst_k', 'dice_histogram', 'compare_models',
+__all__ = ['TITLE_SIZE', 'TRIMAP_COLORS', 'SPECIES_COLORS', 'figure_png', 'register_notebook_display', 'to_image', 'to_mask',
+           'trimap_image', 'show_batch', 'show_augmented', 'predict_items', 'error_overlay', 'error_map',
+           'plot_predictions', 'show_results', 'worst_k', 'mean_interval', 'dice_histogram', 'compare_models',
            'SegmentationBrowser', 'browse', 'ModelSummary', 'model_summary']
 
 # %% ../nbs/06_viz.ipynb #32e37b93
@@ -70,6 +72,8 @@ def to_mask(x, threshold: float = 0.5) -> np.ndarray:
     if x.ndim != 2: raise ValueError(f"to_mask: expected a single (H,W) mask, got shape {x.shape}")
     return x if x.dtype == bool else x > 127 if x.dtype == np.uint8 and x.max(initial=0) > 1 else x > threshold
 
+TITLE_SIZE = 10   # points: panel titles readable in the stored pictures (72 dpi)
+
 def _figure(nrows: int, ncols: int, size: float = 2.4, extra_h: float = 0.0) -> tuple[Figure, np.ndarray]:
     "A constrained-layout `Figure` (not registered with pyplot) and a 2-d array of axes with the axis lines off."
     fig = Figure(figsize=(ncols * size, nrows * size + extra_h), layout="constrained")
@@ -80,7 +84,13 @@ def _figure(nrows: int, ncols: int, size: float = 2.4, extra_h: float = 0.0) -> 
 def _legend(fig: Figure, colors: Mapping[str, Sequence[int]]):
     "A legend of colour patches, {label: RGB}, under the figure."
     fig.legend(handles=[Patch(facecolor=np.asarray(c) / 255, edgecolor="k", label=k) for k, c in colors.items()],
-               loc="outside lower center", ncols=3, fontsize="small", frameon=False)
+               loc="outside lower center", ncols=3, fontsize=TITLE_SIZE, frameon=False)
+
+def _outline(ax, mask, color: str = PALETTE["pet"]):
+    "Draw the outline of a binary mask on `ax` in `color` with a white ring (visible on orange cats and black dogs alike)."
+    m = to_mask(mask).astype(float)
+    if 0 < m.mean() < 1:
+        ax.contour(m, levels=[0.5], colors=[color], linewidths=1.5, path_effects=[withStroke(linewidth=3.5, foreground=PALETTE["halo"])])
 
 def _pick(ds, idxs: Sequence[int] | None, n: int, seed: int | None) -> list[int]:
     "The indices to show: `idxs` checked, else the first `n` items, or `n` random ones with `seed`."
@@ -92,8 +102,18 @@ def _pick(ds, idxs: Sequence[int] | None, n: int, seed: int | None) -> list[int]
     n = min(n, len(ds))
     return list(range(n)) if seed is None else sorted(np.random.default_rng(seed).choice(len(ds), n, replace=False).tolist())
 
+def _base(ds, i: int):
+    "The dataset and index under (nested) torch `Subset`s: what item `i` of `ds` really is."
+    while isinstance(ds, torch.utils.data.Subset): ds, i = ds.dataset, int(ds.indices[i])
+    return ds, i
+
+def _names(ds) -> list[str] | None:
+    "The item names of a dataset (or of a `Subset` of one), None when it has none."
+    return [getattr(b, "names")[j] for b, j in (_base(ds, i) for i in range(len(ds)))] if hasattr(_base(ds, 0)[0], "names") else None
+
 def _raw(ds, i: int) -> tuple[np.ndarray, np.ndarray, str]:
     "Untransformed uint8 image, {0,1} mask and 'name (species)' title of item `i` (`ds.load` when the dataset has it)."
+    ds, i = _base(ds, i)
     if hasattr(ds, "load"): img, mask = ds.load(i)
     else: item = ds[i]; img, mask = item["image"], item["mask"]
     if isinstance(img, torch.Tensor) or np.asarray(img).dtype != np.uint8:
@@ -103,7 +123,7 @@ def _raw(ds, i: int) -> tuple[np.ndarray, np.ndarray, str]:
     return np.asarray(img), to_mask(mask).astype(np.uint8), f"{name} ({sp})" if sp else name
 
 # %% ../nbs/06_viz.ipynb #934d35c7
-TRIMAP_COLORS = {1: ("pet", (0, 158, 115)), 2: ("background", (40, 40, 40)), 3: ("border", (240, 228, 66))}
+TRIMAP_COLORS = {v: (name, rgb(name)) for v, name in ((1, "pet"), (2, "background"), (3, "border"))}   # petseg.palette
 
 def trimap_image(trimap) -> np.ndarray:
     "A trimap (1 pet, 2 background, 3 border) as an RGB `uint8` picture in `TRIMAP_COLORS` (other values white)."
@@ -114,6 +134,7 @@ def trimap_image(trimap) -> np.ndarray:
 
 def _trimap_of(ds, i: int, shape: tuple[int, int]) -> np.ndarray | None:
     "The trimap of item `i` of an `OxfordPetDataset` at `shape` (nearest resizing, as the cache does); None for other datasets."
+    ds, i = _base(ds, i)
     if not isinstance(ds, OxfordPetDataset): return None
     t = load_mask_array(ds.root / "annotations" / "trimaps" / f"{ds.names[i]}.png")
     return t if t.shape == tuple(shape) else cv2.resize(t, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -132,11 +153,11 @@ def show_batch(data, idxs: Sequence[int] | None = None, n: int = 4, seed: int | 
     has_tri = any(r[1] is not None for r in rows)
     fig, axes = _figure(len(rows), 3 if has_tri else 2, size, extra_h=0.4 if has_tri else 0)
     for ax_row, (img, tri, mask, title) in zip(axes, rows):
-        ax_row[0].imshow(img); ax_row[0].set_title(title, fontsize="small")
+        ax_row[0].imshow(img); ax_row[0].set_title(title, fontsize=TITLE_SIZE)
         if has_tri:
             if tri is not None: ax_row[1].imshow(trimap_image(tri))
-            ax_row[1].set_title("trimap", fontsize="small")
-        ax_row[-1].imshow(mask, cmap="gray", vmin=0, vmax=1); ax_row[-1].set_title("mask (pet + border = 1)", fontsize="small")
+            ax_row[1].set_title("trimap", fontsize=TITLE_SIZE)
+        ax_row[-1].imshow(mask_image(mask)); ax_row[-1].set_title("mask (pet + border = 1)", fontsize=TITLE_SIZE)
     if has_tri: _legend(fig, {f"{v} {name}": c for v, (name, c) in TRIMAP_COLORS.items()})
     return fig
 
@@ -154,8 +175,8 @@ def show_augmented(ds, idx: int = 0, transform=None, n: int = 7, image_size: int
                              for out in (transform(image=img, mask=mask) for _ in range(n))]
     fig, axes = _figure(-(-len(views) // ncols), ncols, size)
     for k, (ax, (im, m)) in enumerate(zip(axes.flat, views)):
-        ax.imshow(im); ax.contour(m.astype(float), levels=[0.5], colors="#F0E442", linewidths=1.2)
-        ax.set_title(f"view {k}" if k else "original", fontsize="small")
+        ax.imshow(im); _outline(ax, m)
+        ax.set_title(f"view {k}" if k else "original", fontsize=TITLE_SIZE)
     fig.suptitle(f"{title}: one sample, {n} augmented views", fontsize="medium")
     return fig
 
@@ -186,10 +207,6 @@ def predict_items(model, ds, idxs: Sequence[int], threshold: float = 0.5, batch_
     return rows
 
 # %% ../nbs/06_viz.ipynb #8e9ecb37
-ERROR_COLORS: dict[str, tuple[int, int, int]] = {"TP": (0, 158, 115), "FP": (230, 159, 0), "FN": (0, 114, 178)}
-ERROR_LABELS: dict[str, str] = {"TP": "true positive (pet, found)", "FP": "false positive (background called pet)",
-                                "FN": "false negative (pet missed)"}
-
 def error_overlay(image, gt, pred, alpha: float = 0.5, mean=None, std=None) -> np.ndarray:
     "`image` with TP/FP/FN pixels blended with their `ERROR_COLORS` (`alpha=1` paints them solid); TN pixels unchanged."
     img, gt, pred = to_image(image, mean, std).astype(np.float32), to_mask(gt), to_mask(pred)
@@ -200,8 +217,8 @@ def error_overlay(image, gt, pred, alpha: float = 0.5, mean=None, std=None) -> n
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 def error_map(gt, pred) -> np.ndarray:
-    "`uint8` `(H, W, 3)` image: TP, FP and FN pixels in `ERROR_COLORS`, true negatives black."
-    return error_overlay(np.zeros((*to_mask(gt).shape, 3), np.uint8), gt, pred, alpha=1.0)
+    "`uint8` `(H, W, 3)` image: TP, FP and FN pixels in `ERROR_COLORS`, true negatives in the background colour."
+    return error_overlay(mask_image(np.zeros(to_mask(gt).shape, bool)), gt, pred, alpha=1.0)
 
 def plot_predictions(images: Sequence, gts: Sequence, preds: Sequence, names: Sequence[str] | None = None,
                      dices: Sequence[float] | None = None, alpha: float = 0.5, mean=None, std=None,
@@ -213,10 +230,11 @@ def plot_predictions(images: Sequence, gts: Sequence, preds: Sequence, names: Se
     fig, axes = _figure(n, 4, size, extra_h=0.5)
     for i in range(n):
         img, gt, pr = to_image(images[i], mean, std), to_mask(gts[i]), to_mask(preds[i])
-        for ax, pic, title in zip(axes[i], (img, gt, pr, error_overlay(img, gt, pr, alpha)),
+        for ax, pic, title in zip(axes[i], (img, mask_image(gt), mask_image(pr), error_overlay(img, gt, pr, alpha)),
                                   (str(names[i]) if names is not None else "image", "ground truth", "prediction",
                                    "errors" + (f" · Dice {float(dices[i]):.3f}" if dices is not None else ""))):
-            ax.imshow(pic, cmap="gray", vmin=0, vmax=1); ax.set_title(title, fontsize="small")
+            ax.imshow(pic); ax.set_title(title, fontsize=TITLE_SIZE)
+        _outline(axes[i, 3], pr)
     _legend(fig, {ERROR_LABELS[k]: c for k, c in ERROR_COLORS.items()})
     return fig
 
@@ -249,8 +267,8 @@ def worst_k(model, ds, k: int = 6, threshold: float = 0.5, table=None, alpha: fl
     model = _load(model)
     if table is not None:
         rows = sorted(_table_rows(table), key=lambda r: float(r["dice"]))[:k]
-        if not getattr(ds, "names", None): raise ValueError("worst_k(table=...) needs a dataset with `names` to find the table's images in it")
-        where = {n: i for i, n in enumerate(ds.names)}
+        if not (names := _names(ds)): raise ValueError("worst_k(table=...) needs a dataset with `names` to find the table's images in it")
+        where = {n: i for i, n in enumerate(names)}
         missing = [r["name"] for r in rows if r["name"] not in where]
         if missing: raise ValueError(f"worst_k: images {missing[:5]} of the table are not in this dataset (another split?)")
         idxs = [where[r["name"]] for r in rows]
@@ -259,14 +277,19 @@ def worst_k(model, ds, k: int = 6, threshold: float = 0.5, table=None, alpha: fl
                   for r in predict_items(model, ds, range(s, min(s + 32, len(ds))), threshold)]
         idxs = [i for _, i in sorted(scored)[:k]]
     fig = _plot_rows(predict_items(model, ds, idxs, threshold), alpha, size, with_breed=True)
-    fig.suptitle(f"the {len(idxs)} lowest-Dice images")
+    fig.suptitle(f"the {len(idxs)} lowest-Dice images", fontsize=TITLE_SIZE + 1)
     return fig
 
 # %% ../nbs/06_viz.ipynb #e0807273
-SPECIES_COLORS = {"cat": "#E69F00", "dog": "#0072B2"}
+SPECIES_COLORS = {sp: PALETTE[sp] for sp in ("cat", "dog")}
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    "The mean of `values` and the half-width of its normal 95% interval, 1.96 sd / sqrt(n) (0 for a single value)."
+    v = np.asarray(values, float)
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 def dice_histogram(table, bins: int = 20, title: str | None = None, max_breeds: int = 40, size: float = 3.6) -> Figure:
-    "Histogram of per-image Dice: all images, per species, and mean Dice per breed (needs `dice`, optionally `species`/`breed` columns)."
+    "Histogram of per-image Dice: all images, per species, and mean Dice per breed with its 95% interval (needs `dice`, optionally `species`/`breed`)."
     rows = _table_rows(table)
     if not rows: raise ValueError("dice_histogram: the per-image table is empty")
     d, edges = np.array([float(r["dice"]) for r in rows]), np.linspace(0, 1, bins + 1)
@@ -277,27 +300,29 @@ def dice_histogram(table, bins: int = 20, title: str | None = None, max_breeds: 
     nb = min(len(breeds), max_breeds)
     fig = Figure(figsize=(size * 3, max(size * 0.9, 0.22 * nb + 1.2)), layout="constrained")
     ax0, ax1, ax2 = fig.subplots(1, 3)
-    ax0.hist(d, bins=edges, color="#009E73", edgecolor="white")
+    ax0.hist(d, bins=edges, color=PALETTE["pet"], edgecolor="white")
     ax0.axvline(d.mean(), color="k", ls="--", label=f"mean {d.mean():.3f}")
     ax0.axvline(float(np.median(d)), color="k", ls=":", label=f"median {np.median(d):.3f}")
-    ax0.set_title(f"all images (n={len(d)})"); ax0.set_xlabel("Dice"); ax0.set_ylabel("images"); ax0.legend(fontsize="small")
+    ax0.set_title(f"all images (n={len(d)})", fontsize=TITLE_SIZE + 1); ax0.set_xlabel("Dice"); ax0.set_ylabel("images"); ax0.legend(fontsize=TITLE_SIZE)
     for sp, v in sorted(species.items()):
         ax1.hist(v, bins=edges, alpha=0.6, color=SPECIES_COLORS.get(sp), label=f"{sp}: mean {np.mean(v):.3f} (n={len(v)})")
-    ax1.set_title("per species"); ax1.set_xlabel("Dice")
+    ax1.set_title("per species", fontsize=TITLE_SIZE + 1); ax1.set_xlabel("Dice")
     for ax, g, what in ((ax1, species, "species"), (ax2, breeds, "breed")):
         if not g: ax.text(0.5, 0.5, f"no {what} column", ha="center", transform=ax.transAxes)
-    if species: ax1.legend(fontsize="small")
+    if species: ax1.legend(fontsize=TITLE_SIZE)
     if breeds:
         sp_of = {str(r["breed"]): str(r.get("species", "")) for r in rows if r.get("breed")}
         order = sorted(breeds, key=lambda b: np.mean(breeds[b]))[:nb][::-1]   # the worst breeds, worst at the top
-        means = [np.mean(breeds[b]) for b in order]
-        ax2.barh(range(len(order)), means, color=[SPECIES_COLORS.get(sp_of[b], "grey") for b in order])
-        ax2.set_yticks(range(len(order)), [f"{b} ({len(breeds[b])})" for b in order], fontsize="small")
-        ax2.set_xlim(max(0.0, min(means) - 0.1 * (1 - min(means)) - 0.02), 1.0)
+        for y, b in enumerate(order):              # a dot per breed, its 95% interval as a line: no bar to cut at an axis
+            m, half = mean_interval(breeds[b])
+            ax2.errorbar(m, y, xerr=half, fmt="o", color=SPECIES_COLORS.get(sp_of[b], "grey"), capsize=3)
+        ax2.set_yticks(range(len(order)), [f"{b} ({len(breeds[b])})" for b in order], fontsize=TITLE_SIZE)
+        ax2.set_xlim(0.0, 1.0); ax2.set_ylim(-0.7, len(order) - 0.3); ax2.grid(axis="x", alpha=0.3)
         shown = sorted({sp_of[b] for b in order} & set(SPECIES_COLORS))
-        if shown: ax2.legend(handles=[Patch(facecolor=SPECIES_COLORS[s], label=s) for s in shown], fontsize="small", loc="lower right")
-    ax2.set_title("mean Dice per breed" + (f" (worst {nb} of {len(breeds)})" if nb < len(breeds) else "")); ax2.set_xlabel("mean Dice")
-    if title: fig.suptitle(title)
+        if shown: ax2.legend(handles=[Patch(facecolor=SPECIES_COLORS[s], label=s) for s in shown], fontsize=TITLE_SIZE, loc="lower left")
+    ax2.set_title("mean Dice per breed" + (f" (worst {nb} of {len(breeds)})" if nb < len(breeds) else ""), fontsize=TITLE_SIZE + 1)
+    ax2.set_xlabel("mean Dice, with its 95% interval")
+    if title: fig.suptitle(title, fontsize=TITLE_SIZE + 1)
     return fig
 
 # %% ../nbs/06_viz.ipynb #d9c42e21
@@ -328,14 +353,15 @@ def compare_models(models, ds, idxs: Sequence[int] | None = None, n: int = 3, th
     names, ens = list(models), ensemble and len(models) > 1
     fig, axes = _figure(len(idxs), 2 + len(models) + ens, size, extra_h=0.5)
     for i, ref in enumerate(per[names[0]]):
-        axes[i, 0].imshow(ref["image"]); axes[i, 0].set_title(ref["name"], fontsize="small")
-        axes[i, 1].imshow(ref["gt"], cmap="gray", vmin=0, vmax=1); axes[i, 1].set_title("ground truth", fontsize="small")
+        axes[i, 0].imshow(ref["image"]); axes[i, 0].set_title(ref["name"], fontsize=TITLE_SIZE)
+        axes[i, 1].imshow(mask_image(ref["gt"])); axes[i, 1].set_title("ground truth", fontsize=TITLE_SIZE)
         cols = [(name, per[name][i]) for name in names]
         if ens:     # the mean of the probabilities, each resampled to the first model's size when sizes differ
             p = np.mean([upsample_probs(torch.from_numpy(per[nm][i]["prob"])[None], ref["gt"].shape).numpy() for nm in names], axis=0)
             cols.append(("ensemble", dict(ref, pred=p > threshold, dice=_dice(p > threshold, ref["gt"]))))
         for ax, (name, r) in zip(axes[i, 2:], cols):
-            ax.imshow(error_overlay(r["image"], r["gt"], r["pred"], alpha)); ax.set_title(f"{name} · Dice {r['dice']:.3f}", fontsize="small")
+            ax.imshow(error_overlay(r["image"], r["gt"], r["pred"], alpha)); _outline(ax, r["pred"])
+            ax.set_title(f"{name} · Dice {r['dice']:.3f}", fontsize=TITLE_SIZE)
     _legend(fig, {ERROR_LABELS[k]: c for k, c in ERROR_COLORS.items()})
     return fig
 
@@ -367,12 +393,13 @@ class SegmentationBrowser:
         r = self._cache[key]
         pred = r["prob"] > self.threshold
         self.dice = _dice(pred, r["gt"])
-        pics = (r["image"], r["gt"], r["prob"], error_overlay(r["image"], r["gt"], pred, self.alpha))
+        pics = (r["image"], mask_image(r["gt"]), r["prob"], error_overlay(r["image"], r["gt"], pred, self.alpha))
         titles = (r["name"] + (f" ({r['breed']})" if r["breed"] else ""), "ground truth", "probability",
                   f"errors at {self.threshold:.2f} · Dice {self.dice:.3f}")
         for ax, pic, title, cmap in zip(self.axes, pics, titles, ("gray", "gray", "magma", "gray")):
-            ax.clear(); ax.set_axis_off(); ax.imshow(pic, cmap=cmap, vmin=0, vmax=1); ax.set_title(title, fontsize="small")
-        self.fig.suptitle(f"{self.model} · image {self.index + 1}/{len(self.ds)} · Dice {self.dice:.3f}", fontsize="medium")
+            ax.clear(); ax.set_axis_off(); ax.imshow(pic, cmap=cmap, vmin=0, vmax=1); ax.set_title(title, fontsize=TITLE_SIZE)
+        _outline(self.axes[3], pred)
+        self.fig.suptitle(f"{self.model} · image {self.index + 1}/{len(self.ds)} · Dice {self.dice:.3f}", fontsize=TITLE_SIZE + 1)
         if self._widget is not None: self._sync_widget()
         return self.dice
 
@@ -391,7 +418,7 @@ def widget(self: SegmentationBrowser):
     self._thr_w = W.FloatSlider(value=self.threshold, min=0.05, max=0.95, step=0.05, description="threshold", continuous_update=False)
     self._model_w = W.Dropdown(options=self.model_names, value=self.model, description="model")
     self._dice_w, self._img_w = W.HTML(), W.Image(format="png")
-    legend = W.HTML(" &nbsp; ".join(f"<span style='background:rgb{ERROR_COLORS[k]};color:white;padding:1px 6px'>{k}</span> "
+    legend = W.HTML(" &nbsp; ".join(f"<span style='background:{PALETTE[k]};color:white;padding:1px 6px'>{k}</span> "
                                     f"{ERROR_LABELS[k]}" for k in ("TP", "FP", "FN")))
     self._busy = False
     for w, key in ((self._index_w, "index"), (self._thr_w, "threshold"), (self._model_w, "model")):

@@ -16,6 +16,9 @@ from petseg.data import IMAGENET_MEAN, IMAGENET_STD, OxfordPetDataset, eval_tran
 from petseg.evaluate import evaluate, load_models
 from petseg.models import ResNet34UNet, UNet
 from petseg.checkpoint import save_checkpoint
+from petseg.inference import overlay_mask
+from petseg.learner import plot_history
+from petseg.palette import ERROR_COLORS as PALETTE_ERRORS, PALETTE, mask_image, outline, rgb
 from petseg.viz import (ERROR_COLORS, ERROR_LABELS, TRIMAP_COLORS, SegmentationBrowser, browse, compare_models,
                         dice_histogram, error_map, error_overlay, model_summary, plot_predictions, predict_items,
                         show_augmented, show_batch, show_results, to_image, to_mask, worst_k)
@@ -52,7 +55,7 @@ def test_error_map_exact_colours():
     assert tuple(em[0, 0]) == ERROR_COLORS["TP"] and tuple(em[1, 1]) == ERROR_COLORS["TP"]
     assert tuple(em[0, 2]) == ERROR_COLORS["FP"]
     assert tuple(em[0, 1]) == ERROR_COLORS["FN"]
-    assert tuple(em[1, 0]) == (0, 0, 0) and tuple(em[1, 2]) == (0, 0, 0)
+    assert tuple(em[1, 0]) == rgb("background") and tuple(em[1, 2]) == rgb("background")
     assert len({ERROR_COLORS[k] for k in ("TP", "FP", "FN")}) == 3
 
 
@@ -83,6 +86,50 @@ def test_plot_predictions_panels_titles_legend():
     assert isinstance(fig, Figure) and len(fig.axes) == 12
     assert _titles(fig)[:4] == ["a", "ground truth", "prediction", "errors · Dice 0.500"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [ERROR_LABELS[k] for k in ("TP", "FP", "FN")]
+
+
+# ---------------------------------------------------------------- the palette, used by every picture
+
+_CVD = {"protan": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+        "deutan": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+        "tritan": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]}
+
+
+def _lab(c, cvd=None) -> np.ndarray:
+    "CIELAB of an sRGB colour, as seen with a full colour-vision deficiency (Machado et al. 2009) when `cvd` is given."
+    c = np.asarray(c) / 255
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    if cvd: lin = np.clip(np.asarray(_CVD[cvd]) @ lin, 0, 1)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ lin / [0.95047, 1, 1.08883]
+    f = np.where(xyz > 216 / 24389, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+@pytest.mark.parametrize("group", [("TP", "FP", "FN"), ("pet", "background", "border")])
+def test_palette_stays_distinct_for_colour_blind_readers(group):
+    for cvd in (None, "protan", "deutan", "tritan"):
+        for a in group:
+            for b in group:
+                if a < b: assert np.linalg.norm(_lab(rgb(a), cvd) - _lab(rgb(b), cvd)) > 20, (a, b, cvd)   # CIE76 distance
+
+
+def test_viz_and_overlays_draw_in_the_palette():
+    assert ERROR_COLORS is PALETTE_ERRORS and {TRIMAP_COLORS[v][1] for v in (1, 2, 3)} == {rgb("pet"), rgb("background"), rgb("border")}
+    mask = np.zeros((8, 8), np.uint8); mask[2:6, 2:6] = 1
+    ov = overlay_mask(np.full((8, 8, 3), 230, np.uint8), mask)      # a light photo
+    assert ((ov == rgb("pet")).all(-1) == outline(mask)).all()        # the outline is exactly the mask's edge, in the pet's blue
+    assert (ov == rgb("halo")).all(-1).sum() == 16                    # ringed outside in white
+    fig = plot_predictions([np.zeros((8, 8, 3), np.uint8)], [mask], [mask])
+    assert (fig.axes[1].images[0].get_array() == mask_image(mask)).all()
+    lines = fig.axes[3].collections                                  # the prediction's outline on the error overlay
+    assert lines and np.allclose(lines[0].get_edgecolor()[0][:3], np.array(rgb("pet")) / 255)
+
+
+def test_plot_history_integer_epochs_in_palette():
+    fig = plot_history([dict(epoch=e, train_loss=1 / e, valid_loss=1.2 / e, train_dice=0.5, valid_dice=0.6) for e in (1, 2, 3)])
+    ax = fig.axes[0]
+    assert [l.get_color().upper() for l in ax.lines] == [PALETTE["train"], PALETTE["valid"]]
+    assert all(float(t).is_integer() for t in ax.get_xticks())
 
 
 # ---------------------------------------------------------------- data pictures
