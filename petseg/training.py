@@ -67,7 +67,7 @@ class TrainConfig:
     bce_weight: float = 1.0               # weight of the BCE term of the loss
     dice_weight: float = 1.0              # weight of the Dice term of the loss
     grad_clip: float | None = None        # clip the total gradient norm to this
-    patience: int | None = None           # stop after this many epochs without a better valid Dice
+    patience: int | None = None           # stop after this many epochs without a better valid Dice (default off: it pairs badly with 'onecycle', lesson 03b)
     swa_start: int | None = None          # average the weights from this epoch on (SWA; BatchNorm recomputed)
     swa_lr: float | None = None           # constant learning rate during SWA (default: keep the schedule)
     seed: int = 42                        # random seed (0 to 2**32 - 1)
