@@ -51,13 +51,13 @@ def test_questions_may_continue_in_the_next_markdown_cell(tmp_path):
     assert "6 question(s)" in check_notebooks.lesson_problems(nb)[0]   # a code cell ends the section
 
 
-@pytest.mark.parametrize("name, questions, pictures, expected", [
+@pytest.mark.parametrize("name, questions, pictures, expected", [pytest.param(*case, id=case[0]) for case in [
     ("one_picture", qa(12), 1, "1 stored picture(s), 2 needed"),
     ("eleven_questions", qa(11), 2, "11 question(s) under '## Questions', 12 needed"),
     ("unanswered", qa(12, answered=lambda i: i != 5), 2, "1 question(s) without an answer"),
     ("empty_answer", qa(12, answer=""), 2, "12 question(s) without an answer"),
     ("no_section", None, 2, "no '## Questions' section"),
-])
+]
 def test_each_rule_fails_on_its_own(tmp_path, capsys, name, questions, pictures, expected):
     bad = notebook(tmp_path / f"{name}.ipynb", questions, pictures)
     found = problems(bad)
