@@ -57,7 +57,7 @@ def test_questions_may_continue_in_the_next_markdown_cell(tmp_path):
     ("unanswered", qa(12, answered=lambda i: i != 5), 2, "1 question(s) without an answer"),
     ("empty_answer", qa(12, answer=""), 2, "12 question(s) without an answer"),
     ("no_section", None, 2, "no '## Questions' section"),
-]
+]])
 def test_each_rule_fails_on_its_own(tmp_path, capsys, name, questions, pictures, expected):
     bad = notebook(tmp_path / f"{name}.ipynb", questions, pictures)
     found = problems(bad)
