@@ -230,12 +230,12 @@ def course_data(verbose: bool = True, download: bool | None = None) -> Path:
     if not _want_download(download):
         reason = f"no Oxford-IIIT Pet here and the download is off ({'PETSEG_DOWNLOAD=0' if download is None else 'download=False'})."
     else:
-        say(f"No Oxford-IIIT Pet found: downloading it from {data_url()} into {target} (about 810 MB; an interrupted "
-            f"download resumes on the next call).", flush=True)
+        say(f"No Oxford-IIIT Pet found: downloading it from {data_url()} into {target} (the official archives "
+            f"are about 810 MB; an interrupted download resumes on the next call).", flush=True)
         made = [p for p in (target, target.parent) if not p.exists()]
         try:
             root = download_oxford_pet(target, progress=verbose, timeout=DOWNLOAD_TIMEOUT)
-            say(f"Downloaded and verified the full Oxford-IIIT Pet at {root} ({ATTRIBUTION}).")
+            say(f"Downloaded and verified Oxford-IIIT Pet into {root} ({ATTRIBUTION}).")
             return root
         except (PetsegError, OSError) as e:
             reason = f"the download failed: {_first_sentence(e)}"

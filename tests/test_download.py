@@ -231,7 +231,7 @@ def test_course_data_downloads_once_then_finds_it(student, http_server, monkeypa
     root = course_data()
     assert root == student / "data" / "oxford-pet" and len(OxfordPetDataset(root, "train")) == 18
     out = capsys.readouterr().out
-    assert "Downloaded and verified the full Oxford-IIIT Pet" in out and ATTRIBUTION in out and "SYNTHETIC" not in out
+    assert "Downloaded and verified Oxford-IIIT Pet" in out and ATTRIBUTION in out and "SYNTHETIC" not in out
     assert [name for name, _ in http_server.requests] == ["images.tar.gz", "annotations.tar.gz"]
     assert course_data() == root                                    # the next lesson: found, nothing downloaded
     assert "Using the full Oxford-IIIT Pet" in capsys.readouterr().out and len(http_server.requests) == 2
