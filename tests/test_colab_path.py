@@ -62,10 +62,11 @@ def student(tmp_path_factory):
     kernel_dir = home / "jupyter"
     subprocess.run([STUDENT_PYTHON, "-m", "ipykernel", "install", "--prefix", str(kernel_dir), "--name", "student"],
                    check=True, capture_output=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PETSEG_", "PYTHON", "JUPYTER", "VIRTUAL_ENV"))}
+    # nothing of this machine's set-up leaks in (CI exports MPLBACKEND=Agg, which would stop inline figures)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PETSEG_", "PYTHON", "JUPYTER", "VIRTUAL_ENV", "MPLBACKEND"))}
     env.update(HOME=str(home / "home"), XDG_CACHE_HOME=str(home / "cache"), GIT_CONFIG_GLOBAL=str(gitconfig),
                GIT_CONFIG_NOSYSTEM="1", JUPYTER_PATH=str(kernel_dir / "share" / "jupyter"), IN_TEST="1",
-               PETSEG_DATA_URL=server.url, PIP_PROGRESS_BAR="off", NO_ALBUMENTATIONS_UPDATE="1", MPLBACKEND="Agg",
+               PETSEG_DATA_URL=server.url, PIP_PROGRESS_BAR="off", NO_ALBUMENTATIONS_UPDATE="1",
                PETSEG_DATA_MD5S=",".join(f"{name}={md5}" for name, md5 in md5s.items()))
     (home / "home").mkdir()
     yield dict(home=home, env=env, server=server)
