@@ -114,8 +114,25 @@ def test_predict_never_writes_through_a_symlinked_folder(ck, own, tmp_path, caps
     assert snapshot(own) == before
 
 
+@pytest.fixture
+def no_writes_in_the_root(monkeypatch):
+    "Writes directly under / fail (PermissionError), so that a petseg that would write there cannot damage the machine."
+    import builtins, io
+    def guard(fn):
+        def wrapped(path, *a, **k):
+            mode = a[0] if a and isinstance(a[0], str) else k.get("mode", "w")
+            if isinstance(path, (str, os.PathLike)) and os.path.dirname(os.path.abspath(path)) == "/" and \
+                    any(c in mode for c in "wax+"):
+                raise PermissionError(13, "Permission denied (test guard)", str(path))
+            return fn(path, *a, **k)
+        return wrapped
+    for mod, name in ((builtins, "open"), (io, "open"), (os, "mkdir")): monkeypatch.setattr(mod, name, guard(getattr(mod, name)))
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst, **k: guard(lambda d, *a, **kk: real_replace(src, d))(dst))
+
+
 @pytest.mark.parametrize("where", ["root", "images"])
-def test_predict_refuses_a_root_or_the_images_folder(ck, own, capsys, where):
+def test_predict_refuses_a_root_or_the_images_folder(ck, own, capsys, no_writes_in_the_root, where):
     out = Path("/") if where == "root" else own / "images"
     before = snapshot(own)
     code, _, err = cli_run(capsys, "predict", ck, own / "images", "--out", out, "--device", "cpu", "-q")
@@ -146,9 +163,10 @@ def test_two_predicts_into_one_folder_at_once(ck, own, tmp_path):
     assert len(result["p"]) == 6
 
 
-@pytest.mark.parametrize("name", ["..", "../../escaped", ".", "/tmp/abs", "a/b"])
+@pytest.mark.parametrize("name", ["..", "../../escaped", ".", "ABSOLUTE", "a/b"])
 def test_run_name_is_one_plain_folder_name(synthetic_root, tmp_path, capsys, name):
     work = tmp_path / "a" / "b"; work.mkdir(parents=True)
+    name = str(tmp_path / "abs") if name == "ABSOLUTE" else name
     code, _, err = cli_run(capsys, "train", "--data-root", synthetic_root, "--no-download", "--checkpoint-dir", work / "ck",
                            "--run-name", name, "--num-workers", "0", *T)
     assert code == 2 and "--run-name" in one_line(err) and "run_name=" not in err, err
@@ -282,11 +300,22 @@ def test_a_closed_stdout_pipe_does_not_stop_training(synthetic_root, tmp_path):
     assert len((tmp_path / "ck" / "unet" / "metrics.csv").read_text().splitlines()) == 3   # both epochs trained
 
 
-def test_command_line_messages_use_flags_and_a_failed_run_leaves_no_folder(synthetic_root, tmp_path, capsys):
+def test_command_line_messages_use_flags(synthetic_root, tmp_path, capsys):
     afile = tmp_path / "afile"; afile.write_text("x")
-    base = ["train", "--data-root", synthetic_root, "--no-download", "--checkpoint-dir", tmp_path / "ck", "--num-workers", "0", *T]
-    code, _, err = cli_run(capsys, *base, "--cache", "--cache-dir", afile / "sub")     # a cache folder under a file
+    code, _, err = cli_run(capsys, "train", "--data-root", synthetic_root, "--no-download", "--checkpoint-dir", tmp_path / "ck",
+                           "--num-workers", "0", *T, "--cache", "--cache-dir", afile / "sub")   # a cache folder under a file
     assert code == 1 and "--cache-dir" in one_line(err) and "cache_dir" not in err, err
+
+
+def test_a_run_that_fails_in_its_first_epoch_leaves_no_folder(pets_copy, tmp_path, capsys):
+    from petseg.data import read_split
+    trimap = pets_copy / "annotations" / "trimaps" / f"{read_split(pets_copy, 'train')[1]}.png"
+    good = trimap.read_bytes()
+    a = np.array(Image.open(trimap)); a[0, 0] = 0; Image.fromarray(a).save(trimap)      # a value no trimap holds
+    base = ["train", "--data-root", pets_copy, "--no-download", "--checkpoint-dir", tmp_path / "ck", "--num-workers", "0", *T]
+    code, _, err = cli_run(capsys, *base)
+    assert code == 1 and trimap.name in one_line(err), err
     assert not (tmp_path / "ck" / "unet").exists()                                  # no stub run folder
+    trimap.write_bytes(good)
     code, out, err = cli_run(capsys, *base[:-1])
     assert code == 0 and "An earlier run" not in out + err and (tmp_path / "ck" / "unet" / "best.pt").exists(), out + err
