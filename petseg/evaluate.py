@@ -256,7 +256,8 @@ def evaluate_wrote(path: str | Path) -> bool:
     "Whether `path` looks like a file `petseg evaluate` writes (a per-image table, or the figures as JSON): one it may replace."
     try: head = Path(path).read_bytes()[:1 << 16].decode("utf-8")
     except (OSError, UnicodeDecodeError): return False
-    if head.splitlines()[:1] == ["name,species,breed,dice,iou"]: return True
+    header = head.splitlines()[0].split(",") if head.strip() else []
+    if header[:1] == ["name"] and "dice" in header: return True      # a per-image table (name, ..., dice, ...)
     try: return {"mean_dice", "pooled_dice"} <= set(json.loads(head))
     except (ValueError, TypeError): return False
 
