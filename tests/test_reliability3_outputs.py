@@ -26,7 +26,7 @@ from petseg.evaluate import evaluate
 from petseg.inference import predict
 from petseg.training import TrainConfig, train
 
-from test_reliability import ENV, one_clean_line, petseg_exe, run_petseg, snapshot
+from test_reliability import ENV, my_data, one_clean_line, petseg_exe, run_petseg, snapshot  # my_data: a fixture
 
 T = ["--size", "32", "--features", "8,16,32,64", "--epochs", "1", "--max-train-batches", "2", "--device", "cpu", "-q"]
 
@@ -39,19 +39,6 @@ def ck(synthetic_root, tmp_path_factory) -> Path:
                                 image_size=32, epochs=1, batch_size=4, max_train_batches=2, device="cpu", num_workers=0,
                                 seed=0, checkpoint_dir=str(tmp / "ck"), progress=False, verbose=False, live_plot=False))
     return Path(history.checkpoints["best"])
-
-
-@pytest.fixture
-def own(synthetic_root, tmp_path) -> Path:
-    "own/images (JPEG photos) and own/masks (0/255 PNG), 6 pairs."
-    root = tmp_path / "own"
-    (root / "images").mkdir(parents=True); (root / "masks").mkdir()
-    ds = petseg.data.OxfordPetDataset(synthetic_root, "test")
-    for i in range(6):
-        item = ds[i]
-        shutil.copy(synthetic_root / "images" / f"{item['name']}.jpg", root / "images")
-        Image.fromarray(item["mask"].astype(np.uint8) * 255).save(root / "masks" / f"{item['name']}.png")
-    return root
 
 
 def cli_run(capsys, *argv) -> tuple[int, str, str]:
@@ -70,48 +57,48 @@ def one_line(err: str) -> str:
 # ---------------------------------------------------------------- 2. outputs never over inputs or the user's files
 
 @pytest.mark.parametrize("target", ["checkpoint", "mask", "photo-json", "users-file"])
-def test_evaluate_outputs_never_replace_inputs_or_users_files(ck, own, tmp_path, capsys, target):
+def test_evaluate_outputs_never_replace_inputs_or_users_files(ck, my_data, tmp_path, capsys, target):
     ck = Path(shutil.copy(ck, tmp_path / "best.pt"))
-    mask, photo = sorted((own / "masks").iterdir())[0], sorted((own / "images").iterdir())[0]
+    mask, photo = sorted((my_data / "masks").iterdir())[0], sorted((my_data / "images").iterdir())[0]
     notes = tmp_path / "notes.csv"; notes.write_text("my own notes\n")
     flag, path = {"checkpoint": ("--csv", ck), "mask": ("--csv", mask), "photo-json": ("--json", photo),
                   "users-file": ("--csv", notes)}[target]
-    before = {**snapshot(own), "ck": ck.read_bytes(), "notes": notes.read_text()}
-    code, out, err = cli_run(capsys, "evaluate", ck, "--images-dir", own / "images", "--masks-dir", own / "masks",
+    before = {**snapshot(my_data), "ck": ck.read_bytes(), "notes": notes.read_text()}
+    code, out, err = cli_run(capsys, "evaluate", ck, "--images-dir", my_data / "images", "--masks-dir", my_data / "masks",
                              flag, path, "--device", "cpu", "-q")
     assert code == 2 and flag in one_line(err) and str(path) in err, (code, err)
-    assert {**snapshot(own), "ck": ck.read_bytes(), "notes": notes.read_text()} == before
+    assert {**snapshot(my_data), "ck": ck.read_bytes(), "notes": notes.read_text()} == before
 
 
-def test_evaluate_replaces_its_own_csv(ck, own, tmp_path, capsys):
+def test_evaluate_replaces_its_own_csv(ck, my_data, tmp_path, capsys):
     csv = tmp_path / "rows.csv"
     for _ in range(2):   # the second run replaces the table the first wrote
-        code, out, err = cli_run(capsys, "evaluate", ck, "--images-dir", own / "images", "--masks-dir", own / "masks",
+        code, out, err = cli_run(capsys, "evaluate", ck, "--images-dir", my_data / "images", "--masks-dir", my_data / "masks",
                                  "--csv", csv, "--json", tmp_path / "f.json", "--device", "cpu", "-q")
         assert code == 0, err
     assert csv.read_text().startswith("name,species,breed,dice,iou")
 
 
-def test_predict_keeps_a_hand_corrected_mask(ck, own, tmp_path, capsys):
+def test_predict_keeps_a_hand_corrected_mask(ck, my_data, tmp_path, capsys):
     out = tmp_path / "o12"
-    assert cli_run(capsys, "predict", ck, own / "images", "--out", out, "--device", "cpu", "-q")[0] == 0
+    assert cli_run(capsys, "predict", ck, my_data / "images", "--out", out, "--device", "cpu", "-q")[0] == 0
     corrected = sorted((out / "masks").iterdir())[0]
-    shutil.copy(own / "masks" / corrected.name, corrected)        # the user's correction, same name
+    shutil.copy(my_data / "masks" / corrected.name, corrected)        # the user's correction, same name
     fixed = corrected.read_bytes()
-    code, _, err = cli_run(capsys, "predict", ck, own / "images", "--out", out, "--device", "cpu", "-q")
+    code, _, err = cli_run(capsys, "predict", ck, my_data / "images", "--out", out, "--device", "cpu", "-q")
     assert code == 2 and corrected.name in one_line(err) and "changed" in err, err
     assert corrected.read_bytes() == fixed
 
 
-def test_predict_never_writes_through_a_symlinked_folder(ck, own, tmp_path, capsys):
+def test_predict_never_writes_through_a_symlinked_folder(ck, my_data, tmp_path, capsys):
     out = tmp_path / "o11"
-    assert cli_run(capsys, "predict", ck, own / "images", "--out", out, "--device", "cpu", "-q")[0] == 0
+    assert cli_run(capsys, "predict", ck, my_data / "images", "--out", out, "--device", "cpu", "-q")[0] == 0
     shutil.rmtree(out / "masks")
-    (out / "masks").symlink_to(own / "masks")                       # now masks/ is the ground truth
-    before = snapshot(own)
-    code, _, err = cli_run(capsys, "predict", ck, own / "images", "--out", out, "--device", "cpu", "-q")
+    (out / "masks").symlink_to(my_data / "masks")                       # now masks/ is the ground truth
+    before = snapshot(my_data)
+    code, _, err = cli_run(capsys, "predict", ck, my_data / "images", "--out", out, "--device", "cpu", "-q")
     assert code == 2 and "symbolic link" in one_line(err), err
-    assert snapshot(own) == before
+    assert snapshot(my_data) == before
 
 
 @pytest.fixture
@@ -132,12 +119,12 @@ def no_writes_in_the_root(monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["root", "images"])
-def test_predict_refuses_a_root_or_the_images_folder(ck, own, capsys, no_writes_in_the_root, where):
-    out = Path("/") if where == "root" else own / "images"
-    before = snapshot(own)
-    code, _, err = cli_run(capsys, "predict", ck, own / "images", "--out", out, "--device", "cpu", "-q")
+def test_predict_refuses_a_root_or_the_images_folder(ck, my_data, capsys, no_writes_in_the_root, where):
+    out = Path("/") if where == "root" else my_data / "images"
+    before = snapshot(my_data)
+    code, _, err = cli_run(capsys, "predict", ck, my_data / "images", "--out", out, "--device", "cpu", "-q")
     assert code == 2 and str(out) in one_line(err), err
-    assert not Path("/masks").exists() and not Path("/overlays").exists() and snapshot(own) == before
+    assert not Path("/masks").exists() and not Path("/overlays").exists() and snapshot(my_data) == before
 
 
 class _Blocking(nn.Module):
@@ -149,18 +136,18 @@ class _Blocking(nn.Module):
         return self.conv(x)
 
 
-def test_two_predicts_into_one_folder_at_once(ck, own, tmp_path):
+def test_two_predicts_into_one_folder_at_once(ck, my_data, tmp_path):
     out, model, result = tmp_path / "shared", _Blocking(), {}
-    first = threading.Thread(target=lambda: result.update(p=predict(model, own / "images", out_dir=out, device="cpu",
+    first = threading.Thread(target=lambda: result.update(p=predict(model, my_data / "images", out_dir=out, device="cpu",
                                                                       size=32, progress=False)))
     first.start()
     try:
         assert model.entered.wait(60)
-        r = run_petseg("predict", ck, own / "images", "--out", out, "--device", "cpu", "-q")   # a second process
+        r = run_petseg("predict", ck, my_data / "images", "--out", out, "--device", "cpu", "-q")   # a second process
         assert r.returncode == 1 and "another petseg predict" in one_clean_line(r), r.stdout + r.stderr
     finally:
         model.go.set(); first.join(120)
-    assert len(result["p"]) == 6
+    assert len(result["p"]) == 4
 
 
 @pytest.mark.parametrize("name", ["..", "../../escaped", ".", "ABSOLUTE", "a/b"])
@@ -174,13 +161,13 @@ def test_run_name_is_one_plain_folder_name(synthetic_root, tmp_path, capsys, nam
 
 
 @pytest.mark.parametrize("case", ["overwrite-results", "photos"])
-def test_a_users_folder_is_never_a_run_folder(synthetic_root, own, tmp_path, capsys, case):
+def test_a_users_folder_is_never_a_run_folder(synthetic_root, my_data, tmp_path, capsys, case):
     if case == "overwrite-results":
         folder = tmp_path / "results"; folder.mkdir()
         for f, data in (("config.json", b"{}"), ("metrics.csv", b"epoch\n1\n"), ("best.pt", b"my weights")):
             (folder / f).write_bytes(data)
         extra = ["--overwrite"]
-    else: folder, extra = own / "images", []
+    else: folder, extra = my_data / "images", []
     before = snapshot(folder)
     code, _, err = cli_run(capsys, "train", "--data-root", synthetic_root, "--no-download", "--checkpoint-dir", folder.parent,
                            "--run-name", folder.name, "--num-workers", "0", *extra, *T)
@@ -247,10 +234,10 @@ def test_a_killed_dataloader_worker_is_one_line_with_the_resume_command(tmp_path
     assert "killed" in line and f"--resume {run / 'last.pt'}" in line and "--num-workers" in line, line
 
 
-def test_evaluate_with_workers_on_a_bad_mask_is_one_line(ck, own, capsys):
-    bad = sorted((own / "masks").iterdir())[2]
+def test_evaluate_with_workers_on_a_bad_mask_is_one_line(ck, my_data, capsys):
+    bad = sorted((my_data / "masks").iterdir())[2]
     a = np.asarray(Image.open(bad)).copy(); a[0, 0] = 7; Image.fromarray(a).save(bad)
-    code, _, err = cli_run(capsys, "evaluate", ck, "--images-dir", own / "images", "--masks-dir", own / "masks",
+    code, _, err = cli_run(capsys, "evaluate", ck, "--images-dir", my_data / "images", "--masks-dir", my_data / "masks",
                            "--num-workers", "2", "--device", "cpu", "-q")
     assert code == 1 and bad.name in one_line(err) and "worker process" not in err, err
 
@@ -274,15 +261,15 @@ def test_sigterm_to_evaluate_says_so(ck, tmp_path):
 
 
 @pytest.mark.parametrize("call, argument", [
-    (lambda ck, own: train("own"), "TrainConfig"), (lambda ck, own: train(None), "TrainConfig"),
-    (lambda ck, own: train({"data_root": "own"}), "TrainConfig(**config)"),
-    (lambda ck, own: evaluate(None, images_dir=own / "images", masks_dir=own / "masks"), "checkpoint path"),
-    (lambda ck, own: evaluate(ck, data_root=123), "data_root"),
-    (lambda ck, own: predict(ck, None), "images"), (lambda ck, own: predict(ck, 5), "images"),
-    (lambda ck, own: predict(None, [own / "images"]), "checkpoint path")])
-def test_wrong_types_in_the_python_api_name_the_argument(ck, own, call, argument):
+    (lambda ck, my_data: train("own"), "TrainConfig"), (lambda ck, my_data: train(None), "TrainConfig"),
+    (lambda ck, my_data: train({"data_root": "own"}), "TrainConfig(**config)"),
+    (lambda ck, my_data: evaluate(None, images_dir=my_data / "images", masks_dir=my_data / "masks"), "checkpoint path"),
+    (lambda ck, my_data: evaluate(ck, data_root=123), "data_root"),
+    (lambda ck, my_data: predict(ck, None), "images"), (lambda ck, my_data: predict(ck, 5), "images"),
+    (lambda ck, my_data: predict(None, [my_data / "images"]), "checkpoint path")])
+def test_wrong_types_in_the_python_api_name_the_argument(ck, my_data, call, argument):
     with pytest.raises((TypeError, PetsegError)) as e:
-        call(ck, own)
+        call(ck, my_data)
     assert argument in str(e.value) and "NoneType' object" not in str(e.value) and "has no attribute" not in str(e.value), e.value
 
 
