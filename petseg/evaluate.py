@@ -5,7 +5,7 @@
 # %% ../nbs/04_evaluate.ipynb #965a451e
 from __future__ import annotations
 
-import contextlib, csv, json, warnings
+import contextlib, csv, json, os, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -200,7 +200,7 @@ def evaluate(checkpoint_or_model: Any, data_root: str | Path | None = None, spli
     "Mean and pooled Dice and IoU of a model, checkpoint or ensemble on a split or folder, with per-image rows."
     if protocol not in ("resized", "original"): raise ValueError(f"protocol must be 'resized' or 'original', got {protocol!r}")
     for name, v in dict(data_root=data_root, images_dir=images_dir, masks_dir=masks_dir, out_csv=out_csv).items():
-        if v is not None and not isinstance(v, (str, Path)): raise TypeError(f"{name} must be a path (str or Path), got {type(v).__name__} {v!r:.60}")
+        if v is not None and not isinstance(v, (str, os.PathLike)): raise TypeError(f"{name} must be a path (str or Path), got {type(v).__name__} {v!r:.60}")
     if out_csv is not None: check_output_file(out_csv, evaluation_inputs(checkpoint_or_model, data_root, images_dir, masks_dir),
                                               evaluate_wrote, "out_csv")
     models, dev, threshold = setup_models(checkpoint_or_model, device, size, batch_size, threshold)

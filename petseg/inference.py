@@ -26,7 +26,7 @@ __all__ = ['PREDICT_MANIFEST', 'collect_images', 'to_rgb', 'overlay_mask', 'Pred
 # %% ../nbs/05_inference.ipynb #1882600f
 def collect_images(images: Any) -> list[tuple[str, Any]]:
     "(name, source) pairs from a path, a folder, a PIL image, an array, or a list of any of these; names made unique."
-    if images is None or not isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor, list, tuple)):
+    if not isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor, Iterable)) or isinstance(images, (bytes, dict)):
         raise TypeError(f"images must be an image file or folder path, a PIL image, an array, or a list of these; "
                         f"got {type(images).__name__} {images!r:.60}")
     pairs = []
