@@ -104,7 +104,7 @@ def check_output_file(path: str | Path, inputs: Iterable[str | Path] = (), ours:
         if target == s or (s.is_dir() and s in target.parents):
             what = "is one of the inputs" if target == s else f"is inside the input folder {src}"
             raise OutputExistsError(f"{name} {p} {what}: writing it would destroy your data. Choose a new file elsewhere")
-    if (p.exists() or p.is_symlink()) and not (p.is_file() and ours(p)):
+    if (p.is_file() or p.is_symlink()) and not (p.is_file() and ours(p)):   # (a folder: the write itself fails, naming it)
         raise OutputExistsError(f"{name} {p} already exists and petseg did not write it: choose a new file name "
                                 "(petseg replaces only files it wrote)")
     return p
