@@ -81,8 +81,8 @@ class TrainConfig:
     sync_bn: bool = False                 # SyncBatchNorm in multi-GPU runs
     # output
     checkpoint_dir: str = "checkpoints"   # run folders go here: <checkpoint_dir>/<run_name>/
-    run_name: str | None = None           # the run's folder name (default: the model name; -2, -3, ... if taken)
-    overwrite: bool = False               # replace an earlier run of that name instead of taking the next free name
+    run_name: str | None = None           # the run's folder name, one plain name (default: the model name; -2, -3, ... if taken)
+    overwrite: bool = False               # replace an earlier run of that name (a folder petseg made) instead of taking the next free name
     resume: str | None = None             # continue from this checkpoint (a run's last.pt)
     stop_after_epoch: int | None = None   # pause, resumably, after this epoch
     progress: bool = True                 # progress bars
