@@ -5,7 +5,7 @@
 # %% ../nbs/03b_callbacks.ipynb #cbc8b6df
 from __future__ import annotations
 
-import csv, math, os, signal, sys, threading, time, warnings
+import csv, math, os, re, signal, sys, threading, time, warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -195,7 +195,7 @@ class WorkerErrors(Callback):
     "Re-raise an error from a DataLoader worker with its own message only; a killed worker as one line naming `last.pt`."
     def on_error(self):
         e = self.learn.error
-        if isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e) and "exited unexpectedly" in str(e):
+        if isinstance(e, RuntimeError) and re.match(r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal)", str(e)):
             saver = getattr(self.learn, "save_checkpoints", None)
             last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
             raise TrainingError(f"{str(e).splitlines()[0].rstrip('. ')}: a worker process loading the data was killed (often "
