@@ -5,7 +5,7 @@
 # %% ../nbs/03b_callbacks.ipynb #cbc8b6df
 from __future__ import annotations
 
-import csv, math, os, signal, sys, threading, time, warnings
+import csv, math, os, re, signal, sys, threading, time, warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import PetsegError
 from .losses import dice_per_image
-from .checkpoint import get_rng_state, remove_stale_temporaries, save_checkpoint, unwrap_model
+from .checkpoint import get_rng_state, remove_stale_temporaries, save_checkpoint, unwrap_model, worker_error
 from .learner import CancelFitException, Callback, Learner, plot_history
 
 # %% auto #0
@@ -28,7 +28,10 @@ __all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted'
 
 # %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
 class TrainingError(PetsegError):
-    "Training cannot go on: a non-finite loss, out of memory, or an empty split."
+    "Training cannot go on: a non-finite loss, out of memory, or an empty split; `checkpoint`: a file to resume from, if any."
+    def __init__(self, message: str, checkpoint: Path | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 class TrainingInterrupted(PetsegError):
     "Training stopped on SIGINT/SIGTERM; `checkpoint` is the file to resume from (None if none was written)."
@@ -189,15 +192,16 @@ class OutOfMemory(Callback):
 
 # %% ../nbs/03b_callbacks.ipynb #10842584
 class WorkerErrors(Callback):
-    "Re-raise an error from a DataLoader worker with its own message only (no worker traceback inside it)."
+    "Re-raise an error from a DataLoader worker with its own message only; a killed worker as one line naming `last.pt`."
     def on_error(self):
         e = self.learn.error
-        if "DataLoader worker process" not in str(e): return
-        last = [l for l in str(e).strip().splitlines() if l.strip()][-1]   # the original error's line
-        msg = last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
-        try: clean = type(e)(msg)
-        except Exception: clean = TrainingError(msg)
-        raise clean from None
+        if isinstance(e, RuntimeError) and re.match(r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal)", str(e)):
+            saver = getattr(self.learn, "save_checkpoints", None)
+            last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
+            raise TrainingError(f"{str(e).splitlines()[0].rstrip('. ')}: a worker process loading the data was killed (often "
+                                "by the system when memory runs out; try num_workers=0 or a smaller batch_size)"
+                                + (f"; the run can resume from {last}" if last else ""), last) from None
+        if (clean := worker_error(e)) is not None: raise clean from None
 
 # %% ../nbs/03b_callbacks.ipynb #fc992168
 class SaveCheckpoints(Callback):

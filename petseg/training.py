@@ -29,10 +29,10 @@ from .augment import DeviceAugment, normalize
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'PRESETS', 'RUN_FILES',
-           'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'TrainConfig', 'field_help', 'field_section', 'check_config',
-           'preset_config', 'SeededItems', 'EpochSampler', 'folder_split', 'make_datasets', 'make_optimizer',
-           'make_scheduler', 'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable', 'History',
-           'run_lock', 'FirstBatches', 'make_loaders', 'stop_workers', 'training_callbacks', 'train']
+           'RUN_MARKER', 'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'TrainConfig', 'field_help', 'field_section',
+           'check_config', 'preset_config', 'SeededItems', 'EpochSampler', 'folder_split', 'make_datasets',
+           'make_optimizer', 'make_scheduler', 'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable',
+           'History', 'run_lock', 'FirstBatches', 'make_loaders', 'stop_workers', 'training_callbacks', 'train']
 
 # %% ../nbs/03d_training.ipynb #14f8d15a
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -81,8 +81,8 @@ class TrainConfig:
     sync_bn: bool = False                 # SyncBatchNorm in multi-GPU runs
     # output
     checkpoint_dir: str = "checkpoints"   # run folders go here: <checkpoint_dir>/<run_name>/
-    run_name: str | None = None           # the run's folder name (default: the model name; -2, -3, ... if taken)
-    overwrite: bool = False               # replace an earlier run of that name instead of taking the next free name
+    run_name: str | None = None           # the run's folder name, one plain name (default: the model name; -2, -3, ... if taken)
+    overwrite: bool = False               # replace an earlier run of that name (a folder petseg made) instead of taking the next free name
     resume: str | None = None             # continue from this checkpoint (a run's last.pt)
     stop_after_epoch: int | None = None   # pause, resumably, after this epoch
     progress: bool = True                 # progress bars
@@ -153,6 +153,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if feats is not None and (not isinstance(feats, (list, tuple)) or not 1 <= len(feats) <= 8 or
                               not all(isinstance(c, int) and 2 <= c <= 4096 for c in feats)):
         raise ConfigError(f"features={feats!r} must be 1 to 8 channel widths from 2 to 4096, e.g. [8, 16, 32, 64].")
+    name = cfg.run_name
+    if name is not None and (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()):
+        raise ConfigError(f"run_name={name!r} must be one plain folder name (no '/', not '.' or '..'), e.g. 'unet-small': "
+                          "the run goes into checkpoint_dir/run_name.")
     if (cfg.images_dir is None) != (cfg.masks_dir is None):
         raise ConfigError("images_dir and masks_dir go together: give both (your own folder) or neither (data_root).")
     if cfg.data_root is not None and cfg.images_dir is not None:
@@ -228,14 +232,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
 
 # %% ../nbs/03d_training.ipynb #0a025467
 RUN_FILES = ("best.pt", "last.pt", "swa.pt", "metrics.csv", "config.json")
+RUN_MARKER = ".petseg-run"   # in every run folder petseg makes: overwrite=True clears only folders holding it
+
+def _visible(folder: Path) -> list[str]:
+    "The names in `folder` that do not start with a dot (none if it is not a folder)."
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 def run_folder(cfg: TrainConfig) -> Path:
     "The folder of a new run: `checkpoint_dir/run_name` (default: the model), or `-2`, `-3`, ... while taken (unless overwrite)."
     base = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
     folder, k = base, 2
-    while not cfg.overwrite and any((folder / f).exists() for f in RUN_FILES):
+    while True:
+        if not folder.exists() or (folder.is_dir() and not _visible(folder)): return folder   # new or empty
+        ours, has_run = (folder / RUN_MARKER).is_file(), any((folder / f).exists() for f in RUN_FILES)
+        if ours and cfg.overwrite: return folder
+        if folder == base and not ours and (cfg.overwrite or not has_run):
+            held = ", ".join(_visible(folder)[:3]) or "it is a file"
+            raise ConfigError(f"{folder} is not a run folder petseg made ({held}): "
+                              f"{'overwrite replaces only run folders petseg made' if cfg.overwrite else 'a run goes into a new, empty or earlier run folder'}; "
+                              "choose another run_name or checkpoint_dir.")
         folder, k = base.with_name(f"{base.name}-{k}"), k + 1
-    return folder
 
 def clear_run(folder: Path) -> None:
     "Delete the files of an earlier run in `folder` (`overwrite=True`): checkpoints, logs and TensorBoard events."
@@ -379,6 +395,9 @@ def _normalisation(cfg: TrainConfig, ckpt: dict | None) -> tuple[tuple, tuple]:
 # %% ../nbs/03d_training.ipynb #1b5ae660
 def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[dict, list], Any]] | None = None) -> History:
     "Train as `config` says and return the `History`; `callbacks`: more `Callback`s or `fn(row, history)` functions."
+    if not isinstance(config, TrainConfig):
+        hint = "TrainConfig(**config)" if isinstance(config, dict) else "TrainConfig(data_root=...) or TrainConfig(images_dir=..., masks_dir=...)"
+        raise TypeError(f"train(config): config must be a TrainConfig, got {type(config).__name__} {config!r:.60}; use train({hint})")
     ctx = init_distributed(config.device)
     try: return _train(config, ctx, [c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks or []])
     finally: ctx.close()
@@ -400,8 +419,21 @@ def _train(cfg: TrainConfig, ctx: DistContext, extra: list[Callback]) -> History
     wanted = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
     if ckpt is None and ctx.is_main and run_dir != wanted and cfg.verbose:
         say(f"An earlier run is kept in {wanted}: this run is {run_dir.name!r} (overwrite=True / --overwrite replaces it).")
+    new = not run_dir.exists()
     with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():
-        return _fit(cfg, ckpt, ctx, run_dir, extra)
+        try: return _fit(cfg, ckpt, ctx, run_dir, extra)
+        except Exception as e:   # a run that failed before its first epoch leaves no folder (unless it can resume)
+            if ctx.is_main and new and not isinstance(e, TrainingInterrupted) and getattr(e, "checkpoint", None) is None:
+                _remove_stub_run(run_dir)
+            raise
+
+def _remove_stub_run(folder: Path) -> None:
+    "Delete `folder`, made by a run that completed no epoch (no best.pt), if it holds only what that run wrote."
+    if (folder / "best.pt").exists(): return
+    for p in folder.iterdir():
+        if p.name in (*RUN_FILES, ".lock", RUN_MARKER) or p.name.startswith("events.out.tfevents.") or p.name.endswith(".tmp"):
+            with contextlib.suppress(OSError): p.unlink()
+    with contextlib.suppress(OSError): folder.rmdir()   # only if nothing else is in it
 
 
 # %% ../nbs/03d_training.ipynb #440306c8
@@ -412,6 +444,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, e
     mean, std = _normalisation(cfg, ckpt)
     if ctx.is_main and ckpt is None:
         if cfg.overwrite: clear_run(run_dir)
+        (run_dir / RUN_MARKER).write_text("a petseg training run: petseg train --overwrite may replace this folder's run files\n")
         (run_dir / "config.json").write_text(json.dumps(config_dict(cfg), indent=2))
     if not ctx.is_main: ctx.barrier()               # rank 0 builds any cache first; the others then read it
     train_dl, valid_dl, sampler = make_loaders(cfg, ctx, mean, std, device, on_device)

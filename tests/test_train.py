@@ -80,7 +80,7 @@ def test_history_logs_and_checkpoints(pets, tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in hist.run_dir.iterdir())
     assert hist.run_dir == Path(cfg.checkpoint_dir) / "run"
     assert sorted(p.name for p in hist.run_dir.iterdir() if not p.name.startswith("events")) == \
-        [".lock", "best.pt", "config.json", "last.pt", "metrics.csv"]  # no temp files
+        [".lock", ".petseg-run", "best.pt", "config.json", "last.pt", "metrics.csv"]  # no temp files
     assert json.loads((hist.run_dir / "config.json").read_text())["lr"] == cfg.lr
     ck = load_checkpoint(hist.checkpoints["last"])
     assert set(CHECKPOINT_KEYS) <= set(ck)
