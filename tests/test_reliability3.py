@@ -32,11 +32,10 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(PETSEG_HOME), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 # `petseg *argv` in a real process that sends itself signal $SIGNAL_NAME right after its $SIGNAL_AT_BATCH-th training
-# batch (a deterministic Ctrl-C or kill -9 in the middle of an epoch). With $CHILDREN_FILE, it first forks a child that
-# lives 5 s more, as DataLoader workers busy decoding photos outlive a killed run (here idle workers die at once), and
-# writes the pids of its children (that one and the DataLoader workers) there.
+# batch (a deterministic Ctrl-C or kill -9 in the middle of an epoch). With $CHILDREN_FILE, it first writes the pids of
+# its children (the DataLoader workers) there.
 SIGNAL_WRAPPER = textwrap.dedent('''
-    import os, signal, sys, time
+    import os, signal, sys
     from pathlib import Path
     import petseg.learner as L
     at, name, count = int(os.environ["SIGNAL_AT_BATCH"]), os.environ["SIGNAL_NAME"], [0]
@@ -47,7 +46,6 @@ SIGNAL_WRAPPER = textwrap.dedent('''
         count[0] += 1
         if count[0] != at: return
         if os.environ.get("CHILDREN_FILE"):
-            if os.fork() == 0: time.sleep(5); os._exit(0)
             kids = " ".join(Path(t, "children").read_text() for t in Path("/proc/self/task").iterdir())
             Path(os.environ["CHILDREN_FILE"]).write_text(kids)
         os.kill(os.getpid(), getattr(signal, name))
@@ -58,12 +56,16 @@ SIGNAL_WRAPPER = textwrap.dedent('''
 
 
 def petseg_with_signal(tmp_path: Path, signame: str, at_batch: int, *argv, children_file: Path | None = None):
-    "Run `petseg *argv` as a real process that gets `signame` after its `at_batch`-th training batch."
+    """Run `petseg *argv` as a real process that gets `signal` after its `at_batch`-th training batch. Its output goes
+    to files, not pipes: a pipe would keep this call waiting for every child process that inherited it."""
     wrapper = tmp_path / "petseg_signal.py"
     wrapper.write_text(SIGNAL_WRAPPER)
     env = {**ENV, "SIGNAL_NAME": signame, "SIGNAL_AT_BATCH": str(at_batch),
            **({"CHILDREN_FILE": str(children_file)} if children_file else {})}
-    return subprocess.run([sys.executable, str(wrapper), *map(str, argv)], capture_output=True, text=True, timeout=300, env=env)
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out, "w") as o, open(err, "w") as e:
+        code = subprocess.run([sys.executable, str(wrapper), *map(str, argv)], stdout=o, stderr=e, timeout=300, env=env).returncode
+    return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
 
 
 def main(argv) -> int:
@@ -116,13 +118,13 @@ def test_interrupted_twice_sigint_then_sigkill_resumes_bit_identical(synthetic_r
     assert f"Training stopped by SIGINT in epoch 2; a resumable checkpoint (end of epoch 1) is at {last}." in r.stdout, r.stdout
     assert last.read_bytes() == paused
 
-    # 2nd interruption: kill -9 after the 2nd batch of epoch 2, while a forked child of the run is alive
+    # 2nd interruption: kill -9 after the 2nd batch of epoch 2; its DataLoader worker outlives it
     children = tmp_path / "children.txt"
     r = petseg_with_signal(tmp_path, "SIGKILL", 2, "train", "--resume", last, "--num-workers", "1", "-q", children_file=children)
     assert r.returncode == -signal.SIGKILL, r.stderr
     orphans = [p for p in map(int, children.read_text().split()) if alive(p)]
-    with run_lock(run_dir): pass          # free at once: the dead process's children do not hold it
-    assert orphans, "no child outlived the killed process: the lock check above proved nothing"
+    with run_lock(run_dir): pass          # free at once: the dead process's workers do not hold it
+    assert orphans, "no DataLoader worker outlived the killed process: the lock check above proved nothing"
     assert last.read_bytes() == paused
 
     done = subprocess.run([*petseg_exe(), "train", "--resume", str(last), "--num-workers", "0", "-q"], capture_output=True,
@@ -147,6 +149,18 @@ def test_a_resume_killed_in_its_first_epoch_changes_no_file(synthetic_root, tmp_
     r = petseg_with_signal(tmp_path, "SIGKILL", 1, "train", "--resume", last, "--num-workers", "0", "-q")
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert files() == before
+
+
+def test_the_run_lock_dies_with_the_training_process(synthetic_root, tmp_path):
+    """kill -9 of a run whose DataLoader workers live on for a while: the run is free at once (the workers used to
+    hold the lock, so that a resume was refused with 'another petseg process is training')."""
+    children = tmp_path / "children.txt"
+    r = petseg_with_signal(tmp_path, "SIGKILL", 2, "train", "--data-root", synthetic_root, *TINY, "--num-workers", "1",
+                           "--checkpoint-dir", tmp_path / "ck", children_file=children)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    orphans = [p for p in map(int, children.read_text().split()) if alive(p)]
+    with run_lock(tmp_path / "ck" / "unet"): pass
+    assert orphans, "no DataLoader worker outlived the killed process: the lock check above proved nothing"
 
 
 # ------------------------------------------------------------------ section 1: a resume checks the data first
