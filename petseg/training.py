@@ -336,11 +336,13 @@ def data_summary(cfg: TrainConfig, train_ds: Dataset, valid_ds: Dataset, batches
 
 DATA_CHECKS = (("train_images", "train images"), ("valid_images", "validation images"), ("batches_per_epoch", "batches per epoch"))
 
-def check_resume_data(ckpt: dict, now: dict, path: str | Path) -> None:
-    "`ConfigError` naming what changed when the data of a resumed run are not those the checkpoint `path` was trained on."
+def check_resume_data(ckpt: dict, now: dict, path: str | Path, scheduled: bool = True) -> None:
+    """`ConfigError` naming what changed when the data of a resumed run are not those the checkpoint `path` was trained
+    on; the batches per epoch (they change with the number of processes) only for a run with a learning-rate schedule."""
     saved = ckpt.get("data")
     if not saved: return                           # written by an earlier petseg: nothing to compare with
-    changed = [f"{saved.get(k)} {what} then, {now[k]} now" for k, what in DATA_CHECKS if saved.get(k) != now[k]]
+    checks = DATA_CHECKS if scheduled else DATA_CHECKS[:2]
+    changed = [f"{saved.get(k)} {what} then, {now[k]} now" for k, what in checks if saved.get(k) != now[k]]
     if not changed and saved.get("split_sha1") != now["split_sha1"]: changed = ["as many images as before, but other ones"]
     if changed:
         raise ConfigError(f"resume: the data in {now['source']} are not those {path} was trained on ({saved.get('source')}): "
@@ -444,7 +446,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, e
     if not ctx.is_main: ctx.barrier()               # rank 0 builds any cache first; the others then read it
     train_dl, valid_dl, sampler, data = make_loaders(cfg, ctx, mean, std, device, on_device)
     if ctx.is_main: ctx.barrier()
-    if ckpt is not None: check_resume_data(ckpt, data, cfg.resume)   # before anything is written
+    if ckpt is not None: check_resume_data(ckpt, data, cfg.resume, cfg.scheduler != "none")   # before anything is written
     kwargs = dict(cfg.model_kwargs, **({"pretrained": True} if cfg.pretrained and ckpt is None else {}))
     try: model = build_model(cfg.model, **kwargs)
     except TypeError as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
