@@ -18,7 +18,7 @@ from .evaluate import SIZE_LIMITS, evaluate, write_rows_csv
 from .inference import OutputExistsError, predict
 from .models import MODEL_NAMES
 from .training import (AMP_MODES, NORMALIZATIONS, OPTIMIZERS, SCHEDULERS, ConfigError, TrainConfig, TrainingInterrupted,
-                             check_config, field_help, field_section, train)
+                             PRESETS, check_config, field_help, field_section, preset_config, train)
 
 # %% auto #0
 __all__ = ['positive_int', 'nonneg_int', 'unit_interval', 'TRAIN_FLAG_ALIASES', 'TRAIN_CHOICES', 'TRAIN_TYPES', 'NOT_FLAGS',
@@ -110,6 +110,8 @@ def _add_train_flag(g, f, help_text: str) -> None:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     "The `petseg train` flags, one per `TrainConfig` field; only the flags given are passed on (so --resume keeps the run's)."
     groups, docs = {}, field_help(TrainConfig)
+    p.add_argument("--preset", choices=list(PRESETS), help="start from a named recipe (full: the course reports' run, "
+                   "ResNet34-UNet, 256 px, 400 epochs, batch 32, lr 1e-3); the flags you give override it")
     for f in dataclasses.fields(TrainConfig):
         if f.name in NOT_FLAGS: continue
         g = groups.get(s := field_section(f.name)) or groups.setdefault(s, p.add_argument_group(s))
@@ -136,7 +138,7 @@ def train_config_from_args(args) -> TrainConfig:
     if not args.resume and not args.images_dir: kw.setdefault("data_root", DATA_ROOT)
     if kw.get("device_augment") in ("on", "off"): kw["device_augment"] = kw["device_augment"] == "on"
     kw.update(progress=not args.quiet, live_plot=False)
-    return TrainConfig(**kw)
+    return preset_config(args.preset, **kw) if args.preset else TrainConfig(**kw)
 
 def _cmd_train(args) -> int:
     cfg = train_config_from_args(args)

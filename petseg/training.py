@@ -28,11 +28,11 @@ from .distributed import DistContext, DistributedTraining, init_distributed, val
 from .augment import DeviceAugment, normalize
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'RUN_FILES',
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'PRESETS', 'RUN_FILES',
            'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'DATA_CHECKS', 'TrainConfig', 'field_help', 'field_section',
-           'check_config', 'SeededItems', 'EpochSampler', 'folder_split', 'make_datasets', 'make_optimizer',
-           'make_scheduler', 'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable', 'History',
-           'run_lock', 'FirstBatches', 'data_summary', 'check_resume_data', 'make_loaders', 'stop_workers',
+           'check_config', 'preset_config', 'SeededItems', 'EpochSampler', 'folder_split', 'make_datasets',
+           'make_optimizer', 'make_scheduler', 'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable',
+           'History', 'run_lock', 'FirstBatches', 'data_summary', 'check_resume_data', 'make_loaders', 'stop_workers',
            'training_callbacks', 'train']
 
 # %% ../nbs/03d_training.ipynb #14f8d15a
@@ -68,7 +68,7 @@ class TrainConfig:
     bce_weight: float = 1.0               # weight of the BCE term of the loss
     dice_weight: float = 1.0              # weight of the Dice term of the loss
     grad_clip: float | None = None        # clip the total gradient norm to this
-    patience: int | None = None           # stop after this many epochs without a better valid Dice
+    patience: int | None = None           # stop after this many epochs without a better valid Dice (default off: it pairs badly with 'onecycle', lesson 03b)
     swa_start: int | None = None          # average the weights from this epoch on (SWA; BatchNorm recomputed)
     swa_lr: float | None = None           # constant learning rate during SWA (default: keep the schedule)
     seed: int = 42                        # random seed (0 to 2**32 - 1)
@@ -161,6 +161,18 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.data_root is None and cfg.images_dir is None:
         raise ConfigError("no data: set data_root (Oxford-IIIT Pet; `petseg download` fetches it) or images_dir + masks_dir.")
     return cfg
+
+# %% ../nbs/03d_training.ipynb #2c5b847a
+# the course reports' run: "the full recipe, `--preset full`" (lessons, tutorials, README and CLI quote this one)
+PRESETS = {"full": dict(model="resnet34_unet", image_size=256, epochs=400, batch_size=32, lr=1e-3, optimizer="adamw",
+                        scheduler="onecycle", bce_weight=1.0, dice_weight=1.0, cache=True, amp="auto", channels_last=True)}
+
+def preset_config(name: str, **changes) -> TrainConfig:
+    "The `TrainConfig` of the preset `name` (a key of `PRESETS`) with `changes` on top; also `TrainConfig.preset`."
+    if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(map(repr, PRESETS))}.")
+    return TrainConfig(**{**PRESETS[name], **changes})
+
+TrainConfig.preset = staticmethod(preset_config)
 
 # %% ../nbs/03d_training.ipynb #89e631ff
 class SeededItems(ImageMaskPairs):

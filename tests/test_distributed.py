@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from petseg.data import OxfordPetDataset, eval_transforms, make_synthetic_pets
+from petseg.data import OxfordPetDataset, eval_transforms
+from petseg.synthetic import make_synthetic_pets
 from petseg.losses import dice_per_image
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
 from petseg.training import TrainConfig, train

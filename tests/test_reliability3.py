@@ -24,7 +24,8 @@ import petseg.data
 from petseg.checkpoint import ConfigError, load_checkpoint
 from petseg.cli import UsageError, build_parser, train_config_from_args
 from petseg.cli import main as cli_main
-from petseg.data import DatasetError, ImageMaskFolder, OxfordPetDataset, SkippedFilesWarning, make_synthetic_pets, read_split
+from petseg.data import DatasetError, ImageMaskFolder, OxfordPetDataset, SkippedFilesWarning, read_split
+from petseg.synthetic import make_synthetic_pets
 from petseg.training import RUN_FILES, TrainConfig, run_lock, train
 
 PETSEG_HOME = Path(petseg.data.__file__).resolve().parents[1]

@@ -23,7 +23,8 @@ import petseg.checkpoint as C
 import petseg.training as T
 from petseg.callbacks import METRIC_COLUMNS, LivePlot, TrainingError, TrainingInterrupted
 from petseg.checkpoint import CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from petseg.data import OxfordPetDataset, eval_transforms, make_synthetic_pets, IMAGENET_MEAN
+from petseg.data import OxfordPetDataset, eval_transforms, IMAGENET_MEAN
+from petseg.synthetic import make_synthetic_pets
 from petseg.learner import Callback
 from petseg.losses import BCEDiceLoss, dice_per_image
 from petseg.models import build_model
