@@ -166,7 +166,7 @@ def _last_good(learn: Learner) -> str:
     saver = getattr(learn, "save_checkpoints", None)
     if saver is None: return "no checkpoint is written by this learner"
     if saver.saved_epoch is None: return "no checkpoint was written yet"
-    return f"the last good checkpoint, {saver.paths['last']} (end of epoch {saver.saved_epoch}), is kept"
+    return f"the last good checkpoint, {saver.saved_path} (end of epoch {saver.saved_epoch}), is kept"
 
 class NonFiniteGuard(Callback):
     "Stop with `TrainingError` when a pass's mean loss is NaN or infinite."
@@ -205,13 +205,15 @@ class WorkerErrors(Callback):
 
 # %% ../nbs/03b_callbacks.ipynb #fc992168
 class SaveCheckpoints(Callback):
-    "Write `run_dir/last.pt` (resumable) after every epoch and `run_dir/best.pt` (weights) when valid Dice improves."
+    """Write `run_dir/last.pt` (resumable) after every epoch and `run_dir/best.pt` (weights) when valid Dice improves;
+    `resumed_from`: (checkpoint, its epoch) that a resumed run continues from. `saved_path` holds the state of the end
+    of epoch `saved_epoch`."""
     order = 50
     state_attrs = ("best_dice", "best_epoch")
-    def __init__(self, run_dir: str | Path, meta: dict):
-        self.run_dir, self.meta = Path(run_dir), dict(meta)
+    def __init__(self, run_dir: str | Path, meta: dict, resumed_from: tuple[str | Path, int] | None = None):
+        self.run_dir, self.meta, self.resumed_from = Path(run_dir), dict(meta), resumed_from
         self.paths = {k: self.run_dir / f"{k}.pt" for k in ("best", "last", "swa")}
-        self.best_dice, self.best_epoch, self.saved_epoch = -1.0, 0, None
+        self.best_dice, self.best_epoch, self.saved_epoch, self.saved_path = -1.0, 0, None, None
     def save(self, kind: str, module: nn.Module, metrics: dict, resumable: bool = False) -> Path:
         "Write `paths[kind]` for `module`; `resumable` adds the optimizer, callback and random states."
         l, hist = self.learn, getattr(self.learn, "recorder", None)
@@ -226,14 +228,15 @@ class SaveCheckpoints(Callback):
         return save_checkpoint(self.paths[kind], **state)
     def before_fit(self):
         remove_stale_temporaries(self.run_dir)          # left by a process killed while writing
-        if self.learn.epoch == 0: self.save("last", self.learn.model, {}, resumable=True); self.saved_epoch = 0
+        if self.resumed_from is not None:               # last.pt changes only when an epoch completes
+            path, self.saved_epoch = self.resumed_from; self.saved_path = Path(path)
+        else: self.saved_path, self.saved_epoch = self.save("last", self.learn.model, {}, resumable=True), 0
     def after_epoch(self):
         row = self.learn.recorder.history[-1]
         if row["valid_dice"] > self.best_dice: self.best_dice, self.best_epoch = row["valid_dice"], row["epoch"]
         metrics = dict(row, best_valid_dice=self.best_dice, best_epoch=self.best_epoch)
         if self.best_epoch == row["epoch"]: self.save("best", self.learn.model, metrics)
-        self.save("last", self.learn.model, metrics, True)
-        self.saved_epoch = self.learn.epoch
+        self.saved_path, self.saved_epoch = self.save("last", self.learn.model, metrics, True), self.learn.epoch
 
 # %% ../nbs/03b_callbacks.ipynb #639c87fa
 class EarlyStopping(Callback):
@@ -437,7 +440,7 @@ class StopOnSignal(Callback):
     def after_fit(self):
         if self.learn.stop_reason != "interrupted": return
         saver = getattr(self.learn, "save_checkpoints", None)
-        last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
+        last = saver.saved_path if saver is not None and saver.saved_path and saver.saved_path.exists() else None
         where = (f"a resumable checkpoint (end of epoch {saver.saved_epoch}) is at {last}.\nResume with:  petseg train "
                  f"--resume {last}\n(or in Python: train(TrainConfig(resume={str(last)!r})))" if last else
                  "no checkpoint was written.")

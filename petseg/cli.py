@@ -128,7 +128,11 @@ def train_config_from_args(args) -> TrainConfig:
     "A `TrainConfig` from parsed `petseg train` arguments: the flags given, `TrainConfig`'s defaults for the rest."
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS]
     kw = {k: str(v) if isinstance(v, Path) else v for k in names if (v := getattr(args, k, None)) is not None}
-    if args.features: kw["model_kwargs"] = {**(args.model_kwargs or {}), "features": list(args.features)}
+    if args.features:
+        given = (args.model_kwargs or {}).get("features")
+        if given is not None and list(given) != list(args.features):
+            raise UsageError(f"--features {','.join(map(str, args.features))} and --model-kwargs features {given} disagree: give one")
+        kw["model_kwargs"] = {**(args.model_kwargs or {}), "features": list(args.features)}
     if bool(args.images_dir) != bool(args.masks_dir): raise UsageError("--images-dir and --masks-dir go together")
     if args.images_dir and args.data_root: raise UsageError("give --data-root or --images-dir/--masks-dir, not both")
     if not args.resume and not args.images_dir: kw.setdefault("data_root", DATA_ROOT)

@@ -94,17 +94,61 @@ def check_root(root) -> Path:
                            f"Move the incomplete folder away, then: {_get_it(root)}")
     return root
 
+def _split_text(path: Path) -> str:
+    "The text of split file `path`: UTF-8, with or without a byte-order mark; any other encoding is a `DatasetError`."
+    raw = path.read_bytes()
+    try: text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e: text, where = None, f"byte 0x{raw[e.start]:02x} at offset {e.start}"
+    if text is None or "\x00" in text:
+        kind = ("UTF-16 text" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw else
+                f"not UTF-8 text ({where}: Latin-1 or another legacy encoding?)")
+        raise DatasetError(f"Split file {path} is {kind}: save it as UTF-8, one image id per line.")
+    return text
+
+def _split_ids(path: Path) -> list[PetRecord]:
+    """The records of split file `path` in file order (blank and '#' lines skipped); `DatasetError` naming the file for
+    an id that is a path (absolute, with a folder or '..') and for an id listed twice."""
+    numbered = [(no, l) for no, l in enumerate(_split_text(path).splitlines(), 1) if l.strip() and not l.lstrip().startswith("#")]
+    records = [parse_record(l) for _, l in numbered]
+    paths = [f"line {no}: {r.name!r}" for (no, _), r in zip(numbered, records) if re.search(r"[/\\]", r.name) or r.name in (".", "..")]
+    if paths:
+        raise DatasetError(f"{path} names files outside images/ ({'; '.join(paths[:5])}): each line must start with an "
+                           "image id, a file name without folder or extension such as Abyssinian_1.")
+    first, twice = {}, []
+    for (no, _), r in zip(numbered, records):
+        if r.name in first: twice.append(f"{r.name} (lines {first[r.name]} and {no})")
+        else: first[r.name] = no
+    if twice:
+        whole = " (the whole list appears twice)" if len(records) == 2 * len(first) else ""
+        raise DatasetError(f"{path} lists {len(twice)} image id(s) more than once{whole}: {'; '.join(twice[:5])}. A repeated "
+                           "line counts an image twice and shifts the every-10th-line validation split; remove the repeats.")
+    return records
+
 def split_records(root, split: str) -> list[PetRecord]:
-    "The records of `split` ('train' | 'valid' | 'test') by the split rule above, in file order."
+    """The records of `split` ('train' | 'valid' | 'test') by the split rule above, in file order. The split files
+    must be UTF-8, list each image once, and share no image (a test image is never trained on)."""
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}: use one of {', '.join(map(repr, SPLITS))}.")
     root = check_root(root)
-    path = root / "annotations" / ("test.txt" if split == "test" else "trainval.txt")
+    files = {s: root / "annotations" / f"{s}.txt" for s in ("trainval", "test")}
+    path = files["test" if split == "test" else "trainval"]
     if not path.is_file():
         raise DatasetError(f"Split file {path} is missing. {_get_it(root)}")
-    lines = [l for l in path.read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
-    if split != "test": lines = [l for i, l in enumerate(lines) if (i % 10 != 0) == (split == "train")]
-    return [parse_record(l) for l in lines]
+    records = _split_ids(path)
+    other = files["trainval" if split == "test" else "test"]
+    if other.is_file():
+        shared = [n for n in dict.fromkeys(r.name for r in records) if n in {r.name for r in _split_ids(other)}]
+        if shared:
+            raise DatasetError(f"{files['trainval']} lists {len(shared)} image(s) of the test split {files['test']} "
+                               f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}): a test image must never be "
+                               "trained on or validated with. Remove them from one of the two files.")
+    if split == "test": return records
+    chosen = [r for i, r in enumerate(records) if (i % 10 != 0) == (split == "train")]
+    if not chosen:
+        raise DatasetError(f"{path} lists {len(records)} image id(s), so the {split} split is empty: validation takes the "
+                           "lines whose 0-based index i has i % 10 == 0 (the first, the 11th, ...), training the others; "
+                           "list at least 2 images.")
+    return chosen
 
 def read_split(root, split: str) -> list[str]:
     "Image names of `split` ('train' | 'valid' | 'test')."
@@ -363,17 +407,34 @@ def compute_mean_std(dataset, max_items: int | None = None) -> tuple[tuple[float
 # %% ../nbs/00_data.ipynb #9862d00b
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
-def _files_by_stem(folder, what: str) -> dict[str, Path]:
+def _files_by_stem(folder, what: str) -> tuple[dict[str, Path], dict[str, str], dict[str, Path]]:
+    """The files of `folder` by stem: (image files, {stem: why it cannot be read} for image names that are broken
+    or looping symlinks, other files such as .heic or .svg that petseg does not read)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir(): raise DatasetError(f"The {what} folder {folder} does not exist or is not a folder.")
-    found, clashes = {}, []
+    found, broken, others, clashes = {}, {}, {}, []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTS or not p.is_file(): continue
+        if p.name.startswith("."): continue
+        if p.suffix.lower() not in IMAGE_EXTS:
+            if p.is_file(): others.setdefault(p.stem, p)
+            continue
+        if not p.is_file():
+            try: os.stat(p)
+            except OSError as e: broken[p.stem] = f"{p} is a symlink that cannot be followed: {e.strerror}"
+            continue
         if p.stem in found: clashes.append(f"{found[p.stem].name} and {p.name}"); continue
         found[p.stem] = p
     if clashes: raise DatasetError(f"Several {what} files in {folder} share a name: {'; '.join(clashes[:10])}.")
-    if not found: raise DatasetError(f"The {what} folder {folder} holds no image files ({', '.join(IMAGE_EXTS)}).")
-    return found
+    if not found:
+        kinds = sorted({p.suffix.lower() or p.name for p in others.values()})
+        held = f"; it holds {', '.join(kinds[:8])} files, which petseg does not read" if kinds else ""
+        raise DatasetError(f"The {what} folder {folder} holds no image files ({', '.join(IMAGE_EXTS)}){held}.")
+    return found, broken, others
+
+def _without_image(stems: list[str], masks: dict, other_images: dict) -> list[str]:
+    "The names of the masks of `stems`, each with the image file of that stem petseg cannot read (.heic, .svg, ...) if any."
+    return [masks[s].name + (f" ({other_images[s].name} is a file type petseg does not read: convert it to PNG or JPEG)"
+                             if s in other_images else "") for s in stems]
 
 def _listing(names: list[str], limit: int = 20) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else f" ({len(names)})")
@@ -383,11 +444,14 @@ class ImageMaskFolder(Dataset):
     (species and breed are ''). `cache_size` uses the resized cache (default folder `<images_dir>/../.petseg_cache`)."""
     def __init__(self, images_dir, masks_dir, transform: Callable | None = None, cache_size: int | None = None,
                  cache_dir=None, validate: bool | str = True, progress: bool = True):
-        images, masks = _files_by_stem(images_dir, "images"), _files_by_stem(masks_dir, "masks")
+        (images, broken_images, other_images), (masks, broken_masks, _) = (_files_by_stem(images_dir, "images"),
+                                                                          _files_by_stem(masks_dir, "masks"))
+        broken = {**broken_masks, **broken_images}          # unreadable: skipped with the warning below
+        images, masks = ({s: p for s, p in d.items() if s not in broken} for d in (images, masks))
         no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
         unmatched = []
         if no_mask: unmatched.append(f"images without a mask in {masks_dir}: {_listing([images[s].name for s in no_mask])}")
-        if no_image: unmatched.append(f"masks without an image in {images_dir}: {_listing([masks[s].name for s in no_image])}")
+        if no_image: unmatched.append(f"masks without an image in {images_dir}: {_listing(_without_image(no_image, masks, other_images))}")
         if unmatched:
             raise DatasetError("Images and masks are matched by file name without extension, and some do not pair up: "
                                + "; ".join(unmatched) + ".")
@@ -398,7 +462,7 @@ class ImageMaskFolder(Dataset):
         if mismatched:
             raise DatasetError(f"Image and mask sizes differ in {len(mismatched)} pair(s): "
                                + "; ".join(mismatched[:10]) + ". Masks must have the size of their image.")
-        self.skipped = {n: reason for n, (kind, reason) in problems.items()}
+        self.skipped = {**broken, **{n: reason for n, (kind, reason) in problems.items()}}
         self._cache = None
         if cache_size:
             key = "folder-" + hashlib.sha1(f"{self.images_dir.resolve()}|{self.masks_dir.resolve()}".encode()).hexdigest()[:12]
