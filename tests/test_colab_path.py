@@ -113,7 +113,7 @@ def test_lessons_download_and_use_real_photos_then_fall_back_with_a_banner(stude
         archives = sorted(n for n, status, start in server.served)
         assert archives == ["annotations.tar.gz", "images.tar.gz"], \
             f"after {name}: the archives were served {archives} (each once, by the first lesson only)"
-    installed = subprocess.run([STUDENT_PYTHON, "-c", "import petseg; print(petseg.__file__)"], env=env,
+    installed = subprocess.run([STUDENT_PYTHON, "-c", "import petseg; print(petseg.__file__)"], cwd=home, env=env,
                                capture_output=True, text=True)
     assert installed.returncode == 0 and "site-packages" in installed.stdout, f"the install cell did not install petseg: {installed}"
     data = lessons / "data" / "oxford-pet"
