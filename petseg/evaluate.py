@@ -26,7 +26,8 @@ from .checkpoint import (OutputError, check_output_file, get_device, model_from_
 # %% auto #0
 __all__ = ['SIZE_LIMITS', 'mask_counts', 'dice_from_counts', 'iou_from_counts', 'LoadedModel', 'load_models', 'eval_mode',
            'ModelOutputError', 'predict_probs', 'image_to_input', 'upsample_probs', 'EvalResult', 'setup_models',
-           'evaluate', 'write_rows_csv', 'evaluate_wrote', 'evaluation_inputs']
+           'evaluate', 'FixedMask', 'trivial_baselines', 'results_table', 'write_rows_csv', 'evaluate_wrote',
+           'evaluation_inputs']
 
 # %% ../nbs/04_evaluate.ipynb #e2c6f5e1
 def mask_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -241,6 +242,36 @@ def _worker_errors_clean(batches: Iterator) -> Iterator:
     except Exception as e:
         if (clean := worker_error(e)) is None: raise
         raise clean from None
+
+# %% ../nbs/04_evaluate.ipynb #1a78f212
+class FixedMask(nn.Module):
+    "A trivial baseline model: the same mask for every photo ('all pet', 'all background' or 'centred ellipse')."
+    KINDS = ("all pet", "all background", "centred ellipse")
+    def __init__(self, kind: str, ellipse_area: float = 0.5):
+        super().__init__()
+        if kind not in self.KINDS: raise ValueError(f"kind must be one of {', '.join(map(repr, self.KINDS))}, got {kind!r}")
+        if not 0 < ellipse_area <= np.pi / 4: raise ValueError(f"ellipse_area must be in (0, {np.pi / 4:.4f}], got {ellipse_area!r}")
+        self.kind, self.ellipse_area = kind, ellipse_area
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.kind == "centred ellipse":   # semi-axes r*w/2 and r*h/2 cover pi*r^2/4 of the image
+            ys, xs = torch.meshgrid(*((torch.arange(n, device=x.device) + 0.5) / n * 2 - 1 for n in (h, w)), indexing="ij")
+            inside = xs**2 + ys**2 <= 4 * self.ellipse_area / np.pi
+        else: inside = torch.full((h, w), self.kind == "all pet", device=x.device)
+        return (inside.float() * 20 - 10).expand(len(x), 1, h, w)   # logits: +10 pet, -10 background
+
+def trivial_baselines(dataset: Dataset, size: int = 256, protocol: str = "resized", **kwargs) -> dict[str, EvalResult]:
+    "`evaluate`'s results for the three trivial baselines on `dataset` at `size` (use your model's size and photos)."
+    return {kind: evaluate(FixedMask(kind), dataset=dataset, size=size, protocol=protocol, device="cpu", progress=False, **kwargs)
+            for kind in FixedMask.KINDS}
+
+def results_table(results: dict[str, EvalResult]) -> str:
+    "A plain-text table of named `EvalResult`s: mean Dice (the headline), pooled Dice, mean IoU, photos and size."
+    w = max(len("model"), *map(len, results))
+    lines = [f"{'model':{w}}  mean Dice  pooled Dice  mean IoU  photos  size"]
+    lines += [f"{name:{w}}  {r.mean_dice:9.4f}  {r.pooled_dice:11.4f}  {r.mean_iou:8.4f}  {r.n_images:6d}  {r.size:4d}"
+              for name, r in results.items()]
+    return "\n".join(lines)
 
 # %% ../nbs/04_evaluate.ipynb #628e94ec
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
