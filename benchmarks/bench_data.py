@@ -36,7 +36,9 @@ from torch.utils.data import DataLoader
 from bench_model import Runner, loadavg, sync, timed
 from bench_model import parse_args as model_args
 from petseg.augment import DeviceAugment
-from petseg.data import OxfordPetDataset, cached_arrays, make_synthetic_pets, train_transforms
+from petseg.cache import cached_arrays
+from petseg.data import OxfordPetDataset, train_transforms
+from petseg.synthetic import make_synthetic_pets
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "oxford-pet-sample"
 

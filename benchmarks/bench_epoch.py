@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench_model import describe_device, loadavg
-from petseg.data import make_synthetic_pets
+from petseg.synthetic import make_synthetic_pets
 from petseg.training import TrainConfig, train  # the one import of the training module in benchmarks/
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "oxford-pet-sample"

@@ -1,5 +1,8 @@
 "Everything in one import, in the course's order: `from petseg.all import *`."
 from .data import *
+from .synthetic import *
+from .download import *
+from .cache import *
 from .augment import *
 from .models import *
 from .losses import *

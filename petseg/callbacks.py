@@ -5,7 +5,7 @@
 # %% ../nbs/03b_callbacks.ipynb #cbc8b6df
 from __future__ import annotations
 
-import csv, math, os, signal, sys, threading, time, warnings
+import csv, math, os, re, signal, sys, threading, time, warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import PetsegError
 from .losses import dice_per_image
-from .checkpoint import get_rng_state, remove_stale_temporaries, save_checkpoint, unwrap_model
+from .checkpoint import get_rng_state, remove_stale_temporaries, save_checkpoint, unwrap_model, worker_error
 from .learner import CancelFitException, Callback, Learner, plot_history
 
 # %% auto #0
@@ -28,7 +28,10 @@ __all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted'
 
 # %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
 class TrainingError(PetsegError):
-    "Training cannot go on: a non-finite loss, out of memory, or an empty split."
+    "Training cannot go on: a non-finite loss, out of memory, or an empty split; `checkpoint`: a file to resume from, if any."
+    def __init__(self, message: str, checkpoint: Path | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 class TrainingInterrupted(PetsegError):
     "Training stopped on SIGINT/SIGTERM; `checkpoint` is the file to resume from (None if none was written)."
@@ -163,7 +166,7 @@ def _last_good(learn: Learner) -> str:
     saver = getattr(learn, "save_checkpoints", None)
     if saver is None: return "no checkpoint is written by this learner"
     if saver.saved_epoch is None: return "no checkpoint was written yet"
-    return f"the last good checkpoint, {saver.paths['last']} (end of epoch {saver.saved_epoch}), is kept"
+    return f"the last good checkpoint, {saver.saved_path} (end of epoch {saver.saved_epoch}), is kept"
 
 class NonFiniteGuard(Callback):
     "Stop with `TrainingError` when a pass's mean loss is NaN or infinite."
@@ -189,25 +192,28 @@ class OutOfMemory(Callback):
 
 # %% ../nbs/03b_callbacks.ipynb #10842584
 class WorkerErrors(Callback):
-    "Re-raise an error from a DataLoader worker with its own message only (no worker traceback inside it)."
+    "Re-raise an error from a DataLoader worker with its own message only; a killed worker as one line naming `last.pt`."
     def on_error(self):
         e = self.learn.error
-        if "DataLoader worker process" not in str(e): return
-        last = [l for l in str(e).strip().splitlines() if l.strip()][-1]   # the original error's line
-        msg = last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
-        try: clean = type(e)(msg)
-        except Exception: clean = TrainingError(msg)
-        raise clean from None
+        if isinstance(e, RuntimeError) and re.match(r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal)", str(e)):
+            saver = getattr(self.learn, "save_checkpoints", None)
+            last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
+            raise TrainingError(f"{str(e).splitlines()[0].rstrip('. ')}: a worker process loading the data was killed (often "
+                                "by the system when memory runs out; try num_workers=0 or a smaller batch_size)"
+                                + (f"; the run can resume from {last}" if last else ""), last) from None
+        if (clean := worker_error(e)) is not None: raise clean from None
 
 # %% ../nbs/03b_callbacks.ipynb #fc992168
 class SaveCheckpoints(Callback):
-    "Write `run_dir/last.pt` (resumable) after every epoch and `run_dir/best.pt` (weights) when valid Dice improves."
+    """Write `run_dir/last.pt` (resumable) after every epoch and `run_dir/best.pt` (weights) when valid Dice improves;
+    `resumed_from`: (checkpoint, its epoch) that a resumed run continues from. `saved_path` holds the state of the end
+    of epoch `saved_epoch`."""
     order = 50
     state_attrs = ("best_dice", "best_epoch")
-    def __init__(self, run_dir: str | Path, meta: dict):
-        self.run_dir, self.meta = Path(run_dir), dict(meta)
+    def __init__(self, run_dir: str | Path, meta: dict, resumed_from: tuple[str | Path, int] | None = None):
+        self.run_dir, self.meta, self.resumed_from = Path(run_dir), dict(meta), resumed_from
         self.paths = {k: self.run_dir / f"{k}.pt" for k in ("best", "last", "swa")}
-        self.best_dice, self.best_epoch, self.saved_epoch = -1.0, 0, None
+        self.best_dice, self.best_epoch, self.saved_epoch, self.saved_path = -1.0, 0, None, None
     def save(self, kind: str, module: nn.Module, metrics: dict, resumable: bool = False) -> Path:
         "Write `paths[kind]` for `module`; `resumable` adds the optimizer, callback and random states."
         l, hist = self.learn, getattr(self.learn, "recorder", None)
@@ -222,14 +228,15 @@ class SaveCheckpoints(Callback):
         return save_checkpoint(self.paths[kind], **state)
     def before_fit(self):
         remove_stale_temporaries(self.run_dir)          # left by a process killed while writing
-        if self.learn.epoch == 0: self.save("last", self.learn.model, {}, resumable=True); self.saved_epoch = 0
+        if self.resumed_from is not None:               # last.pt changes only when an epoch completes
+            path, self.saved_epoch = self.resumed_from; self.saved_path = Path(path)
+        else: self.saved_path, self.saved_epoch = self.save("last", self.learn.model, {}, resumable=True), 0
     def after_epoch(self):
         row = self.learn.recorder.history[-1]
         if row["valid_dice"] > self.best_dice: self.best_dice, self.best_epoch = row["valid_dice"], row["epoch"]
         metrics = dict(row, best_valid_dice=self.best_dice, best_epoch=self.best_epoch)
         if self.best_epoch == row["epoch"]: self.save("best", self.learn.model, metrics)
-        self.save("last", self.learn.model, metrics, True)
-        self.saved_epoch = self.learn.epoch
+        self.saved_path, self.saved_epoch = self.save("last", self.learn.model, metrics, True), self.learn.epoch
 
 # %% ../nbs/03b_callbacks.ipynb #639c87fa
 class EarlyStopping(Callback):
@@ -433,7 +440,7 @@ class StopOnSignal(Callback):
     def after_fit(self):
         if self.learn.stop_reason != "interrupted": return
         saver = getattr(self.learn, "save_checkpoints", None)
-        last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
+        last = saver.saved_path if saver is not None and saver.saved_path and saver.saved_path.exists() else None
         where = (f"a resumable checkpoint (end of epoch {saver.saved_epoch}) is at {last}.\nResume with:  petseg train "
                  f"--resume {last}\n(or in Python: train(TrainConfig(resume={str(last)!r})))" if last else
                  "no checkpoint was written.")

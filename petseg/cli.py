@@ -5,7 +5,7 @@
 # %% ../nbs/07_cli.ipynb #136aa190
 from __future__ import annotations
 
-import argparse, dataclasses, json, os, re, shlex, sys, time, warnings
+import argparse, contextlib, dataclasses, json, os, re, shlex, signal, sys, threading, time, warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,18 +13,18 @@ import torch
 
 import petseg
 from .data import PetsegError, download_oxford_pet, make_synthetic_pets, read_split
-from .checkpoint import OutputError, write_atomically
-from .evaluate import SIZE_LIMITS, evaluate, write_rows_csv
+from .checkpoint import OutputError, check_output_file, write_atomically
+from .evaluate import SIZE_LIMITS, evaluate, evaluate_wrote, evaluation_inputs, write_rows_csv
 from .inference import OutputExistsError, predict
 from .models import MODEL_NAMES
 from .training import (AMP_MODES, NORMALIZATIONS, OPTIMIZERS, SCHEDULERS, ConfigError, TrainConfig, TrainingInterrupted,
-                             check_config, field_help, field_section, train)
+                             PRESETS, check_config, field_help, field_section, preset_config, train)
 
 # %% auto #0
 __all__ = ['positive_int', 'nonneg_int', 'unit_interval', 'TRAIN_FLAG_ALIASES', 'TRAIN_CHOICES', 'TRAIN_TYPES', 'NOT_FLAGS',
-           'DEMO', 'DEMO_MARKER', 'DATA_ROOT', 'DATA_ROOT_FLAGS', 'UsageError', 'bounded_int', 'readable_path',
-           'readable_file', 'readable_dir', 'out_dir', 'out_file', 'train_config_from_args', 'run_demo', 'build_parser',
-           'main']
+           'DEMO', 'DEMO_MARKER', 'DATA_ROOT', 'DATA_ROOT_FLAGS', 'FLAG_OF', 'UsageError', 'bounded_int',
+           'readable_path', 'readable_file', 'readable_dir', 'out_dir', 'out_file', 'train_config_from_args',
+           'run_demo', 'build_parser', 'in_flag_words', 'Terminated', 'main']
 
 # %% ../nbs/07_cli.ipynb #3acadce5
 class UsageError(Exception):
@@ -110,6 +110,8 @@ def _add_train_flag(g, f, help_text: str) -> None:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     "The `petseg train` flags, one per `TrainConfig` field; only the flags given are passed on (so --resume keeps the run's)."
     groups, docs = {}, field_help(TrainConfig)
+    p.add_argument("--preset", choices=list(PRESETS), help="start from a named recipe (full: the course reports' run, "
+                   "ResNet34-UNet, 256 px, 400 epochs, batch 32, lr 1e-3); the flags you give override it")
     for f in dataclasses.fields(TrainConfig):
         if f.name in NOT_FLAGS: continue
         g = groups.get(s := field_section(f.name)) or groups.setdefault(s, p.add_argument_group(s))
@@ -126,19 +128,23 @@ def train_config_from_args(args) -> TrainConfig:
     "A `TrainConfig` from parsed `petseg train` arguments: the flags given, `TrainConfig`'s defaults for the rest."
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS]
     kw = {k: str(v) if isinstance(v, Path) else v for k in names if (v := getattr(args, k, None)) is not None}
-    if args.features: kw["model_kwargs"] = {**(args.model_kwargs or {}), "features": list(args.features)}
+    if args.features:
+        given = (args.model_kwargs or {}).get("features")
+        if given is not None and list(given) != list(args.features):
+            raise UsageError(f"--features {','.join(map(str, args.features))} and --model-kwargs features {given} disagree: give one")
+        kw["model_kwargs"] = {**(args.model_kwargs or {}), "features": list(args.features)}
     if bool(args.images_dir) != bool(args.masks_dir): raise UsageError("--images-dir and --masks-dir go together")
     if args.images_dir and args.data_root: raise UsageError("give --data-root or --images-dir/--masks-dir, not both")
     if not args.resume and not args.images_dir: kw.setdefault("data_root", DATA_ROOT)
     if kw.get("device_augment") in ("on", "off"): kw["device_augment"] = kw["device_augment"] == "on"
     kw.update(progress=not args.quiet, live_plot=False)
-    return TrainConfig(**kw)
+    return preset_config(args.preset, **kw) if args.preset else TrainConfig(**kw)
 
 def _cmd_train(args) -> int:
     cfg = train_config_from_args(args)
     if not cfg.resume:                              # bad values are refused before any download, named as flags
         try: check_config(cfg)
-        except ConfigError as e: raise UsageError(re.sub(r"^(\w+)=", lambda m: f"--{m.group(1).replace('_', '-')} ", str(e))) from None
+        except ConfigError as e: raise UsageError(str(e)) from None
     root = Path(cfg.data_root or ".")
     if cfg.data_root is not None and not ((root / "images").is_dir() and (root / "annotations" / "trainval.txt").is_file()):
         if root.exists() and not root.is_dir(): raise UsageError(f"--data-root {cfg.data_root} is a file, not a folder")
@@ -160,13 +166,20 @@ def _cmd_evaluate(args) -> int:
         raise UsageError(f"--data-root {args.data_root}: no such folder (get the data with 'petseg download --data-root {args.data_root}')")
     ckpts = args.checkpoints
     csv_path = args.csv or ckpts[0].parent / f"{ckpts[0].stem}_{'folder' if args.images_dir else args.split}_per_image.csv"
+    inputs = evaluation_inputs(ckpts, None if args.images_dir else args.data_root, args.images_dir, args.masks_dir)
+    try:   # never over an input, nor over a file petseg did not write: refused before any work
+        for flag, path in (("--csv", args.csv), ("--json", args.json)):
+            if path: check_output_file(path, inputs, evaluate_wrote, flag)
+    except OutputExistsError as e: raise UsageError(str(e)) from None
     res = evaluate(ckpts if len(ckpts) > 1 else ckpts[0], data_root=None if args.images_dir else args.data_root,
                    split=args.split, images_dir=args.images_dir, masks_dir=args.masks_dir, size=args.size,
                    protocol=args.protocol, tta=args.tta, threshold=args.threshold, batch_size=args.batch_size,
                    device=args.device, num_workers=args.num_workers, out_csv=None, progress=not args.quiet)
     print(res)  # the figures first: a file that cannot be written must not lose them
     failed = False
-    try: print(f"  per-image table ({len(res.rows)} rows): {write_rows_csv(res.rows, csv_path)}")
+    try:
+        check_output_file(csv_path, inputs, evaluate_wrote, "per-image table")
+        print(f"  per-image table ({len(res.rows)} rows): {write_rows_csv(res.rows, csv_path)}")
     except OutputError as e:
         print(f"petseg evaluate: {'error' if args.csv else 'warning'}: per-image table not saved: {e}; "
               "choose another file with --csv PATH", file=sys.stderr)
@@ -366,9 +379,54 @@ def _resume_command(argv: Sequence[str], checkpoint: str | Path) -> str:
     args = [a for i, a in enumerate(argv) if a != "--resume" and not a.startswith("--resume=") and (i == 0 or argv[i - 1] != "--resume")]
     return shlex.join(["petseg", *args, "--resume", str(checkpoint)])
 
+FLAG_OF = {**{f.name: f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)},
+           "out_csv": "--csv", "out_dir": "--out"}   # library argument -> command-line flag, for messages
+
+def in_flag_words(msg: str) -> str:
+    "A library message in the command line's words: 'cache_dir= X' -> '--cache-dir X', 'run_name / --run-name' -> '--run-name'."
+    names = "|".join(sorted(FLAG_OF, key=len, reverse=True))
+    flag = lambda m: FLAG_OF[m[1]]
+    msg = re.sub(rf" \((?:{names})(?:=\w+)?\)", "", msg)                        # 'pass --overwrite (overwrite=True)'
+    msg = re.sub(rf"(?<![\w/.-])({names})(?:=(?:True|False))? / --[\w-]+", flag, msg)   # 'run_name / --run-name'
+    msg = re.sub(rf"(?<![\w/.-])({names})=True\b", flag, msg)                    # 'overwrite=True'
+    msg = re.sub(rf"(?<![\w/.-])({names})= ?", lambda m: FLAG_OF[m[1]] + " ", msg)   # 'cache_dir= a folder', 'epochs=0'
+    underscored = "|".join(n for n in FLAG_OF if "_" in n)
+    return re.sub(rf"(?<![\w/.-])({underscored})\b(?![/.(])", flag, msg)          # 'choose another run_name'
+
+class Terminated(KeyboardInterrupt):
+    "SIGTERM outside training (which stops after its batch and saves): ends the command with a message, exit code 143."
+
+def _terminate(signum, frame): raise Terminated()
+
+class _PipeSafeStdout:
+    "`sys.stdout` that, once its reader has gone (`petseg ... | head -1`), sends the rest to the null device and goes on."
+    def __init__(self, stream): self.stream = stream
+    def __getattr__(self, name): return getattr(self.stream, name)
+    def _guard(self, fn, *a):
+        try: fn(*a)
+        except BrokenPipeError:   # the reader closed the pipe: not a disk problem, and no reason to stop the work
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+    def write(self, s: str) -> int: self._guard(self.stream.write, s); return len(s)
+    def flush(self) -> None: self._guard(self.stream.flush)
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Run the `petseg` command line with `argv` (default: `sys.argv[1:]`); returns the exit code."
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    sys.stdout = out = _PipeSafeStdout(sys.stdout)
+    try: return _main(argv)
+    except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM outside training: nothing to resume
+        print(f"petseg {command}: stopped by {'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'}".replace("  ", " "), file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        out.flush()
+        if sys.stdout is out: sys.stdout = out.stream
+        if main_thread: signal.signal(signal.SIGTERM, old_term)
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     try: args = parser.parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 2
@@ -376,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UsageError, ConfigError) as e:
-        print(f"petseg {args.command}: error: {e} (see 'petseg {args.command} --help')", file=sys.stderr)
+        print(f"petseg {args.command}: error: {in_flag_words(str(e))} (see 'petseg {args.command} --help')", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:  # train() has printed where the resumable checkpoint is
         if args.command == "train" and e.checkpoint:
@@ -384,12 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else: print(f"petseg {args.command}: interrupted; run it again to start afresh", file=sys.stderr)
         return e.exit_code
     except PetsegError as e:
-        print(f"petseg {args.command}: error: {e}", file=sys.stderr)
+        resume = f"; resume with: {_resume_command(argv, e.checkpoint)}" if args.command == "train" and getattr(e, "checkpoint", None) else ""
+        print(f"petseg {args.command}: error: {in_flag_words(str(e))}{resume}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:   # a pipe other than stdout (which _PipeSafeStdout guards)
+        print(f"petseg {args.command}: stopped: the program reading its output closed the pipe", file=sys.stderr)
         return 1
     except OSError as e:  # a folder that cannot be written (read-only, full disk) outside petseg's own checks
         print(f"petseg {args.command}: error: cannot write or read{f' {e.filename}' if e.filename else ''}: {e.strerror or e}. "
               "Choose another folder or free some space.", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"petseg {args.command}: interrupted", file=sys.stderr)
-        return 130

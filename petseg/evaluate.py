@@ -5,7 +5,7 @@
 # %% ../nbs/04_evaluate.ipynb #965a451e
 from __future__ import annotations
 
-import contextlib, csv, warnings
+import contextlib, csv, json, os, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -20,12 +20,14 @@ from tqdm.auto import tqdm
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, ImageMaskFolder, OxfordPetDataset, PetsegError
 from .losses import _ratio
-from .checkpoint import OutputError, get_device, model_from_checkpoint, write_atomically
+from .checkpoint import (OutputError, check_output_file, get_device, model_from_checkpoint, worker_error,
+                               write_atomically)
 
 # %% auto #0
 __all__ = ['SIZE_LIMITS', 'mask_counts', 'dice_from_counts', 'iou_from_counts', 'LoadedModel', 'load_models', 'eval_mode',
            'ModelOutputError', 'predict_probs', 'image_to_input', 'upsample_probs', 'EvalResult', 'setup_models',
-           'evaluate', 'write_rows_csv']
+           'evaluate', 'FixedMask', 'trivial_baselines', 'results_table', 'write_rows_csv', 'evaluate_wrote',
+           'evaluation_inputs']
 
 # %% ../nbs/04_evaluate.ipynb #e2c6f5e1
 def mask_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -60,6 +62,10 @@ def load_models(checkpoint_or_model: Any, device: str | torch.device = "cpu", si
     "Checkpoint path(s)/dict(s) or `nn.Module`(s) -> list of `LoadedModel` on `device` (a list is an ensemble)."
     items = list(checkpoint_or_model) if isinstance(checkpoint_or_model, (list, tuple)) else [checkpoint_or_model]
     if not items: raise PetsegError("no model given: pass a checkpoint path, a list of paths (ensemble) or an nn.Module")
+    for it in items:
+        if not isinstance(it, (str, Path, dict, nn.Module)):
+            raise TypeError(f"the model (first argument) must be a checkpoint path, a loaded checkpoint dict, an nn.Module "
+                            f"or a list of these (an ensemble); got {type(it).__name__} {it!r:.60}")
     lo, hi = SIZE_LIMITS
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not lo <= size <= hi):
         raise ValueError(f"size must be a whole number of pixels from {lo} to {hi}, got {size!r}")
@@ -194,6 +200,10 @@ def evaluate(checkpoint_or_model: Any, data_root: str | Path | None = None, spli
              out_csv: str | Path | None = None, progress: bool = True) -> EvalResult:
     "Mean and pooled Dice and IoU of a model, checkpoint or ensemble on a split or folder, with per-image rows."
     if protocol not in ("resized", "original"): raise ValueError(f"protocol must be 'resized' or 'original', got {protocol!r}")
+    for name, v in dict(data_root=data_root, images_dir=images_dir, masks_dir=masks_dir, out_csv=out_csv).items():
+        if v is not None and not isinstance(v, (str, os.PathLike)): raise TypeError(f"{name} must be a path (str or Path), got {type(v).__name__} {v!r:.60}")
+    if out_csv is not None: check_output_file(out_csv, evaluation_inputs(checkpoint_or_model, data_root, images_dir, masks_dir),
+                                              evaluate_wrote, "out_csv")
     models, dev, threshold = setup_models(checkpoint_or_model, device, size, batch_size, threshold)
     if dataset is not None: ds, desc = dataset, type(dataset).__name__
     elif images_dir is not None or masks_dir is not None:
@@ -206,7 +216,7 @@ def evaluate(checkpoint_or_model: Any, data_root: str | Path | None = None, spli
     if len(ds) == 0: raise DatasetError(f"no images to evaluate in {desc}")
     dl = DataLoader(_EvalView(ds, models[0].size), batch_size=batch_size, num_workers=num_workers, collate_fn=_EvalView.collate)
     counts, rows = [], []
-    for b in tqdm(dl, desc=f"evaluate ({protocol})", disable=not progress, leave=False):
+    for b in _worker_errors_clean(tqdm(dl, desc=f"evaluate ({protocol})", disable=not progress, leave=False)):
         probs = predict_probs(models, b["image"].to(dev), tta).cpu()
         if protocol == "resized": c = mask_counts(probs > threshold, b["mask"])
         else:
@@ -226,6 +236,43 @@ def evaluate(checkpoint_or_model: Any, data_root: str | Path | None = None, spli
                           "(petseg evaluate --csv PATH)", stacklevel=2)
     return res
 
+def _worker_errors_clean(batches: Iterator) -> Iterator:
+    "The batches of a DataLoader; an error from a worker process is re-raised as its own message only."
+    try: yield from batches
+    except Exception as e:
+        if (clean := worker_error(e)) is None: raise
+        raise clean from None
+
+# %% ../nbs/04_evaluate.ipynb #1a78f212
+class FixedMask(nn.Module):
+    "A trivial baseline model: the same mask for every photo ('all pet', 'all background' or 'centred ellipse')."
+    KINDS = ("all pet", "all background", "centred ellipse")
+    def __init__(self, kind: str, ellipse_area: float = 0.5):
+        super().__init__()
+        if kind not in self.KINDS: raise ValueError(f"kind must be one of {', '.join(map(repr, self.KINDS))}, got {kind!r}")
+        if not 0 < ellipse_area <= np.pi / 4: raise ValueError(f"ellipse_area must be in (0, {np.pi / 4:.4f}], got {ellipse_area!r}")
+        self.kind, self.ellipse_area = kind, ellipse_area
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.kind == "centred ellipse":   # semi-axes r*w/2 and r*h/2 cover pi*r^2/4 of the image
+            ys, xs = torch.meshgrid(*((torch.arange(n, device=x.device) + 0.5) / n * 2 - 1 for n in (h, w)), indexing="ij")
+            inside = xs**2 + ys**2 <= 4 * self.ellipse_area / np.pi
+        else: inside = torch.full((h, w), self.kind == "all pet", device=x.device)
+        return (inside.float() * 20 - 10).expand(len(x), 1, h, w)   # logits: +10 pet, -10 background
+
+def trivial_baselines(dataset: Dataset, size: int = 256, protocol: str = "resized", **kwargs) -> dict[str, EvalResult]:
+    "`evaluate`'s results for the three trivial baselines on `dataset` at `size` (use your model's size and photos)."
+    return {kind: evaluate(FixedMask(kind), dataset=dataset, size=size, protocol=protocol, device="cpu", progress=False, **kwargs)
+            for kind in FixedMask.KINDS}
+
+def results_table(results: dict[str, EvalResult]) -> str:
+    "A plain-text table of named `EvalResult`s: mean Dice (the headline), pooled Dice, mean IoU, photos and size."
+    w = max(len("model"), *map(len, results))
+    lines = [f"{'model':{w}}  mean Dice  pooled Dice  mean IoU  photos  size"]
+    lines += [f"{name:{w}}  {r.mean_dice:9.4f}  {r.pooled_dice:11.4f}  {r.mean_iou:8.4f}  {r.n_images:6d}  {r.size:4d}"
+              for name, r in results.items()]
+    return "\n".join(lines)
+
 # %% ../nbs/04_evaluate.ipynb #628e94ec
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
     "Write per-image rows to a CSV file (parent folders created, written atomically); returns the path."
@@ -235,3 +282,18 @@ def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name", "species", "breed", "dice", "iou"])
             w.writeheader(); w.writerows(rows)
     return write_atomically(path, write)
+
+def evaluate_wrote(path: str | Path) -> bool:
+    "Whether `path` looks like a file `petseg evaluate` writes (a per-image table, or the figures as JSON): one it may replace."
+    try: head = Path(path).read_bytes()[:1 << 16].decode("utf-8")
+    except (OSError, UnicodeDecodeError): return False
+    header = head.splitlines()[0].split(",") if head.strip() else []
+    if header[:1] == ["name"] and "dice" in header: return True      # a per-image table (name, ..., dice, ...)
+    try: return {"mean_dice", "pooled_dice"} <= set(json.loads(head))
+    except (ValueError, TypeError): return False
+
+def evaluation_inputs(checkpoints: Any, data_root=None, images_dir=None, masks_dir=None) -> list[Path]:
+    "The files and folders an evaluation reads (checkpoint files, image and mask folders): never to be written."
+    found = [Path(c) for c in (checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints]) if isinstance(c, (str, Path))]
+    if data_root is not None: found += [Path(data_root) / "images", Path(data_root) / "annotations"]
+    return found + [Path(d) for d in (images_dir, masks_dir) if d is not None]

@@ -5,7 +5,7 @@
 # %% ../nbs/05_inference.ipynb #92bfbbfd
 from __future__ import annotations
 
-import json, warnings
+import hashlib, json, os, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,17 +16,20 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import IMAGE_EXTS, DatasetError, ImageReadError, PetsegError, load_rgb
-from .checkpoint import OutputError, write_atomically
+from .checkpoint import OutputError, OutputExistsError, exclusive_lock, write_atomically
 from .evaluate import image_to_input, predict_probs, setup_models, upsample_probs
 from .palette import PALETTE, mask_image, outline, rgb
 
 # %% auto #0
 __all__ = ['PREDICT_MANIFEST', 'collect_images', 'to_rgb', 'overlay_mask', 'Prediction', 'Predictions', 'predict',
-           'OutputExistsError', 'check_out_dir']
+           'check_out_dir']
 
 # %% ../nbs/05_inference.ipynb #1882600f
 def collect_images(images: Any) -> list[tuple[str, Any]]:
     "(name, source) pairs from a path, a folder, a PIL image, an array, or a list of any of these; names made unique."
+    if not isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor, Iterable)) or isinstance(images, (bytes, dict)):
+        raise TypeError(f"images must be an image file or folder path, a PIL image, an array, or a list of these; "
+                        f"got {type(images).__name__} {images!r:.60}")
     pairs = []
     for i, src in enumerate([images] if isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor)) else images):
         if isinstance(src, (str, Path)) and Path(src).is_dir():
@@ -103,8 +106,23 @@ def predict(checkpoint: Any, images: Any, out_dir: str | Path | None = None, bat
             overwrite: bool = False) -> Predictions:
     "Binary masks at each image's size for `images` (paths, a folder, PIL images, arrays); PNGs to `out_dir` if given."
     items = collect_images(images)
-    mask_dir, overlay_dir = (None, None) if out_dir is None else check_out_dir(out_dir, [s for _, s in items], overlay, overwrite)
+    if out_dir is not None and not isinstance(out_dir, (str, Path)):
+        raise TypeError(f"out_dir must be a folder path (str or Path), got {type(out_dir).__name__} {out_dir!r:.60}")
+    if out_dir is not None: check_out_dir(out_dir, [s for _, s in items], overlay, overwrite)   # before any work
     models, dev, threshold = setup_models(checkpoint, device, size, batch_size, threshold)
+    if out_dir is None: return _predict(items, models, dev, threshold, batch_size, tta, return_probs, return_masks, progress)
+    with exclusive_lock(_lock_file(out_dir), f"another petseg predict is writing into {out_dir}: wait for it "
+                        "to end, or choose another --out folder (out_dir)"):
+        mask_dir, overlay_dir = check_out_dir(out_dir, [s for _, s in items], overlay, overwrite)  # again, now that it is ours
+        written: dict[str, dict | None] = {}
+        try: return _predict(items, models, dev, threshold, batch_size, tta, return_probs, return_masks, progress,
+                             mask_dir, overlay_dir, written)
+        finally:   # record what was written (size, time, hash), also when stopped part-way
+            if written: _write_manifest(Path(out_dir), {k: _file_record(Path(out_dir) / k) for k in written}, final=True)
+
+def _predict(items, models, dev, threshold, batch_size, tta, return_probs, return_masks, progress,
+             mask_dir=None, overlay_dir=None, written=None) -> Predictions:
+    "`predict`'s loop over batches: masks (and overlays) for `items`, written into `mask_dir`/`overlay_dir` if given."
     results, skipped = Predictions(), []
     def save_png(array, path): return write_atomically(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
     with tqdm(total=len(items), desc="predict", unit="img", disable=not progress) as bar:
@@ -116,14 +134,17 @@ def predict(checkpoint: Any, images: Any, out_dir: str | Path | None = None, bat
             if batch:
                 x = torch.stack([image_to_input(im, models[0].size) for _, _, im in batch]).to(dev)
                 probs = predict_probs(models, x, tta).cpu()
-                if mask_dir and not results: _write_manifest((mask_dir, overlay_dir), [n for n, _ in items])  # sound: write
+                if mask_dir and not results:   # sound predictions: record the files about to be written, then write them
+                    _write_manifest(mask_dir.parent, {f"{d.name}/{n}.png": None for d in (mask_dir, overlay_dir) if d for n, _ in items})
                 for (name, src, im), p in zip(batch, probs):
                     up = upsample_probs(p, im.shape[:2])
                     mask = (up > threshold).numpy().astype(np.uint8)
                     pred = Prediction(name, str(src) if isinstance(src, Path) else name, im.shape[:2],
                                       mask if return_masks else None, up.numpy() if return_probs else None)
-                    if mask_dir: pred.mask_path = save_png(mask * 255, mask_dir / f"{name}.png")
-                    if overlay_dir: pred.overlay_path = save_png(overlay_mask(im, mask), overlay_dir / f"{name}.png")
+                    if mask_dir: pred.mask_path = save_png(mask * 255, mask_dir / f"{name}.png"); written[f"masks/{name}.png"] = None
+                    if overlay_dir:
+                        pred.overlay_path = save_png(overlay_mask(im, mask), overlay_dir / f"{name}.png")
+                        written[f"overlays/{name}.png"] = None
                     results.append(pred)
             bar.update(len(items[start:start + batch_size]))
     results.skipped = skipped
@@ -136,39 +157,63 @@ def predict(checkpoint: Any, images: Any, out_dir: str | Path | None = None, bat
 # %% ../nbs/05_inference.ipynb #abb7c922
 PREDICT_MANIFEST = ".petseg-predict.json"  # in the output folder: the files petseg predict wrote under it
 
-class OutputExistsError(OutputError):
-    "Writing would replace or mix with files petseg did not write (the user's images or masks)."
+def _lock_file(out_dir: str | Path) -> Path:
+    "The lock a predict holds while it writes into `out_dir`: a file in the temporary folder, so none is left in `out_dir`."
+    key = hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"petseg-predict-{key}.lock"
 
-def _read_manifest(out: Path) -> set[str]:
-    "Paths (relative to `out`, e.g. 'masks/cat.png') of the files `petseg predict` wrote there; empty if none or unreadable."
-    try: return set(json.loads((out / PREDICT_MANIFEST).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError): return set()
+def _read_manifest(out: Path) -> dict[str, dict | None]:
+    "{path relative to `out` (e.g. 'masks/cat.png'): its size, mtime and SHA-1 when petseg wrote it (None: not recorded)}."
+    try: files = json.loads((out / PREDICT_MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError): return {}
+    if isinstance(files, list): return {f: None for f in files if isinstance(f, str)}   # an earlier petseg's record
+    return {k: v for k, v in files.items() if v is None or isinstance(v, dict)} if isinstance(files, dict) else {}
+
+def _file_record(p: Path) -> dict | None:
+    "Size, modification time and SHA-1 of the file `p` (None if it cannot be read)."
+    try: return dict(size=p.stat().st_size, mtime_ns=p.stat().st_mtime_ns, sha1=hashlib.sha1(p.read_bytes()).hexdigest())
+    except OSError: return None
+
+def _still_ours(p: Path, record: dict | None) -> bool:
+    "Whether `p` is still the file petseg predict wrote (same size and hash as recorded; no record: assume so)."
+    if p.is_symlink() or not p.is_file(): return False
+    if record is None: return True
+    now = _file_record(p)
+    return now is not None and (now["size"], now["sha1"]) == (record.get("size"), record.get("sha1"))
 
 def check_out_dir(out_dir: str | Path, inputs: Iterable[Any] = (), overlays: bool = True, overwrite: bool = False) -> tuple[Path, Path | None]:
     "The masks/ and overlays/ folders under `out_dir`, or `OutputExistsError` if writing there would touch the user's files."
     out = Path(out_dir)
     dirs = [out / "masks"] + ([out / "overlays"] if overlays else [])
+    if out.resolve() == Path(out.resolve().anchor):
+        raise OutputExistsError(f"--out {out} is the root of a file system: choose a folder for the predictions (e.g. predictions)")
+    for d in dirs:
+        if d.is_symlink(): raise OutputExistsError(f"output folder {d} is a symbolic link (to {os.readlink(d)}): petseg predict "
+                                                   "never writes through a link; remove it or choose another --out")
     for d in (out, *dirs):
         if d.exists() and not d.is_dir(): raise OutputExistsError(f"output folder {d} exists and is a file: choose another --out")
-    input_dirs = {Path(s).resolve().parent for s in inputs if isinstance(s, (str, Path))}
+    input_dirs = {Path(s).resolve().parent for s in inputs if isinstance(s, (str, Path))} | \
+                 {Path(s).resolve() for s in inputs if isinstance(s, (str, Path)) and Path(s).is_dir()}
     mine = _read_manifest(out)
-    for d in dirs:
+    for d in (out, *dirs):
         if d.resolve() in input_dirs:
             raise OutputExistsError(f"{d} holds the images to predict on: predictions would be written among them. "
-                                    f"Choose an --out folder outside it (e.g. {out / 'predictions'})")
-        foreign = sorted(p.name for p in d.iterdir() if not p.name.startswith(".") and f"{d.name}/{p.name}" not in mine) \
-            if d.is_dir() else []
+                                    f"Choose an --out folder outside it (e.g. {out.parent / 'predictions'})")
+    for d in dirs:
+        foreign = sorted(p.name for p in d.iterdir() if not p.name.startswith(".") and
+                         not (f"{d.name}/{p.name}" in mine and _still_ours(p, mine[f"{d.name}/{p.name}"]))) if d.is_dir() else []
         if foreign and not overwrite:
-            raise OutputExistsError(f"{d} already holds {len(foreign)} file(s) that petseg predict did not write "
-                                    f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
+            raise OutputExistsError(f"{d} already holds {len(foreign)} file(s) that petseg predict did not write or that "
+                                    f"changed since ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
                                     "they may be your ground-truth masks or photos, so nothing was written. Choose a new "
                                     f"or empty --out folder (e.g. {out / 'predictions'}), or pass --overwrite "
                                     "(overwrite=True) to write there anyway, replacing files of the same names")
     return dirs[0], (dirs[1] if overlays else None)
 
-def _write_manifest(dirs: Iterable[Path | None], names: list[str]):
-    "Record, in the folder above `dirs`, the files about to be written in them (`write_atomically` makes the folders)."
-    dirs = [d for d in dirs if d is not None]
-    files = sorted(_read_manifest(dirs[0].parent) | {f"{d.name}/{n}.png" for d in dirs for n in names})
-    write_atomically(dirs[0].parent / PREDICT_MANIFEST,
-                     lambda tmp: tmp.write_text(json.dumps(dict(written_by="petseg predict", files=files), indent=1)))
+def _write_manifest(out: Path, files: dict[str, dict | None], final: bool = False):
+    "Add `files` (relative path: record, None before the write) to the record in `out`; `final`: never raise over another error."
+    merged = {k: v for k, v in {**_read_manifest(out), **files}.items() if v is not None or not final or (out / k).exists()}
+    text = json.dumps(dict(written_by="petseg predict", files=dict(sorted(merged.items()))), indent=1)
+    try: write_atomically(out / PREDICT_MANIFEST, lambda tmp: tmp.write_text(text))
+    except OutputError:
+        if not final: raise

@@ -5,7 +5,7 @@
 # %% ../nbs/03d_training.ipynb #10539829
 from __future__ import annotations
 
-import contextlib, copy, functools, json, math, os, signal
+import contextlib, copy, functools, hashlib, json, math, os, signal
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -17,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 import petseg
 from .data import (IMAGENET_MEAN, IMAGENET_STD, ImageMaskFolder, OxfordPetDataset, compute_mean_std,
-                         eval_transforms, train_transforms)
+                         eval_transforms, split_records, train_transforms)
 from .models import MODEL_NAMES, build_model
 from .losses import BCEDiceLoss
 from .checkpoint import (CheckpointError, ConfigError, get_device, load_checkpoint, load_model_state,
@@ -28,11 +28,12 @@ from .distributed import DistContext, DistributedTraining, init_distributed, val
 from .augment import DeviceAugment, normalize
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'RUN_FILES',
-           'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'TrainConfig', 'field_help', 'field_section', 'check_config',
-           'SeededItems', 'EpochSampler', 'folder_split', 'make_datasets', 'make_optimizer', 'make_scheduler',
-           'run_folder', 'clear_run', 'config_dict', 'resume_config', 'resumable', 'History', 'run_lock',
-           'FirstBatches', 'make_loaders', 'stop_workers', 'training_callbacks', 'train']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'PRESETS', 'RUN_FILES',
+           'RUN_MARKER', 'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'DATA_CHECKS', 'TrainConfig', 'field_help',
+           'field_section', 'check_config', 'preset_config', 'SeededItems', 'EpochSampler', 'folder_split',
+           'make_datasets', 'make_optimizer', 'make_scheduler', 'run_folder', 'clear_run', 'config_dict',
+           'resume_config', 'resumable', 'History', 'run_lock', 'FirstBatches', 'data_summary', 'check_resume_data',
+           'make_loaders', 'stop_workers', 'training_callbacks', 'train']
 
 # %% ../nbs/03d_training.ipynb #14f8d15a
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -67,7 +68,7 @@ class TrainConfig:
     bce_weight: float = 1.0               # weight of the BCE term of the loss
     dice_weight: float = 1.0              # weight of the Dice term of the loss
     grad_clip: float | None = None        # clip the total gradient norm to this
-    patience: int | None = None           # stop after this many epochs without a better valid Dice
+    patience: int | None = None           # stop after this many epochs without a better valid Dice (default off: it pairs badly with 'onecycle', lesson 03b)
     swa_start: int | None = None          # average the weights from this epoch on (SWA; BatchNorm recomputed)
     swa_lr: float | None = None           # constant learning rate during SWA (default: keep the schedule)
     seed: int = 42                        # random seed (0 to 2**32 - 1)
@@ -81,8 +82,8 @@ class TrainConfig:
     sync_bn: bool = False                 # SyncBatchNorm in multi-GPU runs
     # output
     checkpoint_dir: str = "checkpoints"   # run folders go here: <checkpoint_dir>/<run_name>/
-    run_name: str | None = None           # the run's folder name (default: the model name; -2, -3, ... if taken)
-    overwrite: bool = False               # replace an earlier run of that name instead of taking the next free name
+    run_name: str | None = None           # the run's folder name, one plain name (default: the model name; -2, -3, ... if taken)
+    overwrite: bool = False               # replace an earlier run of that name (a folder petseg made) instead of taking the next free name
     resume: str | None = None             # continue from this checkpoint (a run's last.pt)
     stop_after_epoch: int | None = None   # pause, resumably, after this epoch
     progress: bool = True                 # progress bars
@@ -153,6 +154,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if feats is not None and (not isinstance(feats, (list, tuple)) or not 1 <= len(feats) <= 8 or
                               not all(isinstance(c, int) and 2 <= c <= 4096 for c in feats)):
         raise ConfigError(f"features={feats!r} must be 1 to 8 channel widths from 2 to 4096, e.g. [8, 16, 32, 64].")
+    name = cfg.run_name
+    if name is not None and (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()):
+        raise ConfigError(f"run_name={name!r} must be one plain folder name (no '/', not '.' or '..'), e.g. 'unet-small': "
+                          "the run goes into checkpoint_dir/run_name.")
     if (cfg.images_dir is None) != (cfg.masks_dir is None):
         raise ConfigError("images_dir and masks_dir go together: give both (your own folder) or neither (data_root).")
     if cfg.data_root is not None and cfg.images_dir is not None:
@@ -160,6 +165,18 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.data_root is None and cfg.images_dir is None:
         raise ConfigError("no data: set data_root (Oxford-IIIT Pet; `petseg download` fetches it) or images_dir + masks_dir.")
     return cfg
+
+# %% ../nbs/03d_training.ipynb #2c5b847a
+# the course reports' run: "the full recipe, `--preset full`" (lessons, tutorials, README and CLI quote this one)
+PRESETS = {"full": dict(model="resnet34_unet", image_size=256, epochs=400, batch_size=32, lr=1e-3, optimizer="adamw",
+                        scheduler="onecycle", bce_weight=1.0, dice_weight=1.0, cache=True, amp="auto", channels_last=True)}
+
+def preset_config(name: str, **changes) -> TrainConfig:
+    "The `TrainConfig` of the preset `name` (a key of `PRESETS`) with `changes` on top; also `TrainConfig.preset`."
+    if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(map(repr, PRESETS))}.")
+    return TrainConfig(**{**PRESETS[name], **changes})
+
+TrainConfig.preset = staticmethod(preset_config)
 
 # %% ../nbs/03d_training.ipynb #89e631ff
 class SeededItems(ImageMaskPairs):
@@ -216,14 +233,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
 
 # %% ../nbs/03d_training.ipynb #0a025467
 RUN_FILES = ("best.pt", "last.pt", "swa.pt", "metrics.csv", "config.json")
+RUN_MARKER = ".petseg-run"   # in every run folder petseg makes: overwrite=True clears only folders holding it
+
+def _visible(folder: Path) -> list[str]:
+    "The names in `folder` that do not start with a dot (none if it is not a folder)."
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 def run_folder(cfg: TrainConfig) -> Path:
     "The folder of a new run: `checkpoint_dir/run_name` (default: the model), or `-2`, `-3`, ... while taken (unless overwrite)."
     base = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
     folder, k = base, 2
-    while not cfg.overwrite and any((folder / f).exists() for f in RUN_FILES):
+    while True:
+        if not folder.exists() or (folder.is_dir() and not _visible(folder)): return folder   # new or empty
+        ours, has_run = (folder / RUN_MARKER).is_file(), any((folder / f).exists() for f in RUN_FILES)
+        if ours and cfg.overwrite: return folder
+        if folder == base and not ours and (cfg.overwrite or not has_run):
+            held = ", ".join(_visible(folder)[:3]) or "it is a file"
+            raise ConfigError(f"{folder} is not a run folder petseg made ({held}): "
+                              f"{'overwrite replaces only run folders petseg made' if cfg.overwrite else 'a run goes into a new, empty or earlier run folder'}; "
+                              "choose another run_name or checkpoint_dir.")
         folder, k = base.with_name(f"{base.name}-{k}"), k + 1
-    return folder
 
 def clear_run(folder: Path) -> None:
     "Delete the files of an earlier run in `folder` (`overwrite=True`): checkpoints, logs and TensorBoard events."
@@ -282,13 +311,25 @@ class History(list):
         "The row with the highest valid Dice."
         return max(self, key=lambda r: r["valid_dice"]) if self else None
 
+_LOCK_FDS: set[int] = set()   # the run locks this process holds
+
+def _drop_locks_in_child() -> None:
+    "A forked child (a DataLoader worker) closes its copy of the run locks: a lock ends with the process that took it."
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError): os.close(fd)
+    _LOCK_FDS.clear()
+
+if hasattr(os, "register_at_fork"): os.register_at_fork(after_in_child=_drop_locks_in_child)
+
 @contextlib.contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
-    "Lock the run folder `folder` (`.lock`) for the `with` block, so that two processes never write into one run."
+    """Lock the run folder `folder` (`.lock`) for the `with` block, so that two processes never write into one run. The
+    lock is this process's alone: DataLoader workers that outlive a killed run do not keep it."""
     try: import fcntl
     except ImportError: fcntl = None          # no POSIX locks (Windows): go on unlocked
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    _LOCK_FDS.add(fd)
     try:
         if fcntl is not None:
             try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -296,7 +337,8 @@ def run_lock(folder: Path) -> Iterator[None]:
                 raise ConfigError(f"another petseg process is training in {folder}: wait for it to end, or give this "
                                   "run another name (run_name / --run-name).") from None
         yield
-    finally: os.close(fd)
+    finally:
+        _LOCK_FDS.discard(fd); os.close(fd)
 
 # %% ../nbs/03d_training.ipynb #93474049
 def _worker_init(worker_id: int) -> None:
@@ -309,9 +351,35 @@ class FirstBatches:
     def __len__(self) -> int: return min(self.n, len(self.dl))
     def __iter__(self): return (b for _, b in zip(range(self.n), self.dl))
 
+def _ids(ds: Dataset) -> list[str]:
+    "The image names of a dataset or a `Subset` of one, in order."
+    return [_ids(ds.dataset)[i] for i in ds.indices] if isinstance(ds, Subset) else list(ds.names)
+
+def data_summary(cfg: TrainConfig, train_ds: Dataset, valid_ds: Dataset, batches_per_epoch: int) -> dict:
+    "What a resumed run must find again: image counts, batches per epoch and a fingerprint of the split's image ids."
+    split = hashlib.sha1(json.dumps([_ids(train_ds), _ids(valid_ds)]).encode()).hexdigest()
+    source = cfg.data_root if cfg.data_root is not None else f"{cfg.images_dir} + {cfg.masks_dir}"
+    return dict(train_images=len(train_ds), valid_images=len(valid_ds), batches_per_epoch=batches_per_epoch,
+                split_sha1=split, source=str(source))
+
+DATA_CHECKS = (("train_images", "train images"), ("valid_images", "validation images"), ("batches_per_epoch", "batches per epoch"))
+
+def check_resume_data(ckpt: dict, now: dict, path: str | Path, scheduled: bool = True) -> None:
+    """`ConfigError` naming what changed when the data of a resumed run are not those the checkpoint `path` was trained
+    on; the batches per epoch (they change with the number of processes) only for a run with a learning-rate schedule."""
+    saved = ckpt.get("data")
+    if not saved: return                           # written by an earlier petseg: nothing to compare with
+    checks = DATA_CHECKS if scheduled else DATA_CHECKS[:2]
+    changed = [f"{saved.get(k)} {what} then, {now[k]} now" for k, what in checks if saved.get(k) != now[k]]
+    if not changed and saved.get("split_sha1") != now["split_sha1"]: changed = ["as many images as before, but other ones"]
+    if changed:
+        raise ConfigError(f"resume: the data in {now['source']} are not those {path} was trained on ({saved.get('source')}): "
+                          f"{'; '.join(changed)}. A run resumes only on its own data (its split and learning-rate schedule "
+                          "were laid out for them): restore them, or start a new run.")
+
 def make_loaders(cfg: TrainConfig, ctx: DistContext, mean, std, device: torch.device,
-                 on_device_augment: bool) -> tuple[Any, DataLoader, EpochSampler]:
-    "(train loader, this process's valid loader, the train sampler) for `cfg`."
+                 on_device_augment: bool) -> tuple[Any, DataLoader, EpochSampler, dict]:
+    "(train loader, this process's valid loader, the train sampler, the `data_summary`) for `cfg`."
     train_ds, valid_ds, tt = make_datasets(cfg, mean, std, on_device_augment)
     sampler = EpochSampler(range(len(train_ds)), num_replicas=ctx.world_size, rank=ctx.rank, seed=cfg.seed)
     nw = cfg.num_workers
@@ -321,7 +389,7 @@ def make_loaders(cfg: TrainConfig, ctx: DistContext, mean, std, device: torch.de
                           drop_last=len(sampler) > cfg.batch_size, **common)  # no last batch of 1 (BatchNorm needs 2)
     if cfg.max_train_batches: train_dl = FirstBatches(train_dl, cfg.max_train_batches)
     valid = ImageMaskPairs(Subset(valid_ds, valid_shard(len(valid_ds), ctx.rank, ctx.world_size)))
-    return train_dl, DataLoader(valid, shuffle=False, **common), sampler
+    return train_dl, DataLoader(valid, shuffle=False, **common), sampler, data_summary(cfg, train_ds, valid_ds, len(train_dl))
 
 def stop_workers(*loaders) -> None:
     "Shut the worker processes of `loaders` down now (after an error, so that the process can exit at once)."
@@ -331,7 +399,8 @@ def stop_workers(*loaders) -> None:
 
 # %% ../nbs/03d_training.ipynb #35e95ae5
 def training_callbacks(cfg: TrainConfig, ctx: DistContext, device: torch.device, sampler: EpochSampler, scheduler,
-                       run_dir: Path, meta: dict, mean, std, on_device_augment: bool) -> list[Callback]:
+                       run_dir: Path, meta: dict, mean, std, on_device_augment: bool,
+                       resumed_from: tuple[str, int] | None = None) -> list[Callback]:
     "The callbacks `cfg` asks for; those that write files or print only on the first process."
     cbs = [SetEpoch(sampler), DeviceCallback(device), Recorder(), NonFiniteGuard(), OutOfMemory(), WorkerErrors(),
            StopOnSignal(verbose=ctx.is_main and cfg.verbose)]
@@ -349,7 +418,7 @@ def training_callbacks(cfg: TrainConfig, ctx: DistContext, device: torch.device,
     if cfg.stop_after_epoch: cbs.append(PauseAfterEpoch(cfg.stop_after_epoch))
     if cfg.swa_start: cbs.append(SWA(cfg.swa_start, cfg.swa_lr))
     if ctx.is_main:
-        cbs += [SaveCheckpoints(run_dir, meta), MetricsLogger(run_dir), ProgressCallback(cfg.progress, cfg.verbose)]
+        cbs += [SaveCheckpoints(run_dir, meta, resumed_from), MetricsLogger(run_dir), ProgressCallback(cfg.progress, cfg.verbose)]
         if cfg.live_plot is True or (cfg.live_plot == "auto" and in_notebook()): cbs.append(LivePlot())
     return cbs
 
@@ -367,6 +436,9 @@ def _normalisation(cfg: TrainConfig, ckpt: dict | None) -> tuple[tuple, tuple]:
 # %% ../nbs/03d_training.ipynb #1b5ae660
 def train(config: TrainConfig, callbacks: Sequence[Callback | Callable[[dict, list], Any]] | None = None) -> History:
     "Train as `config` says and return the `History`; `callbacks`: more `Callback`s or `fn(row, history)` functions."
+    if not isinstance(config, TrainConfig):
+        hint = "TrainConfig(**config)" if isinstance(config, dict) else "TrainConfig(data_root=...) or TrainConfig(images_dir=..., masks_dir=...)"
+        raise TypeError(f"train(config): config must be a TrainConfig, got {type(config).__name__} {config!r:.60}; use train({hint})")
     ctx = init_distributed(config.device)
     try: return _train(config, ctx, [c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks or []])
     finally: ctx.close()
@@ -384,12 +456,26 @@ def _train(cfg: TrainConfig, ctx: DistContext, extra: list[Callback]) -> History
             say(f"Nothing to do: {path} is from a finished run ({how}); best valid Dice {ckpt.get('best_valid_dice', float('nan')):.4f}. "
                 "To train more, start a new run (or resume with a larger epochs when scheduler='none').")
         return History(ckpt.get("history", []), path.parent, status="nothing_to_do")
+    if cfg.data_root is not None: split_records(cfg.data_root, "train")   # bad split files: refused before any folder is made
     run_dir = Path(cfg.resume).parent if ckpt is not None else Path(ctx.agree(str(run_folder(cfg))))
     wanted = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
     if ckpt is None and ctx.is_main and run_dir != wanted and cfg.verbose:
         say(f"An earlier run is kept in {wanted}: this run is {run_dir.name!r} (overwrite=True / --overwrite replaces it).")
+    new = not run_dir.exists()
     with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():
-        return _fit(cfg, ckpt, ctx, run_dir, extra)
+        try: return _fit(cfg, ckpt, ctx, run_dir, extra)
+        except Exception as e:   # a run that failed before its first epoch leaves no folder (unless it can resume)
+            if ctx.is_main and new and not isinstance(e, TrainingInterrupted) and getattr(e, "checkpoint", None) is None:
+                _remove_stub_run(run_dir)
+            raise
+
+def _remove_stub_run(folder: Path) -> None:
+    "Delete `folder`, made by a run that completed no epoch (no best.pt), if it holds only what that run wrote."
+    if (folder / "best.pt").exists(): return
+    for p in folder.iterdir():
+        if p.name in (*RUN_FILES, ".lock", RUN_MARKER) or p.name.startswith("events.out.tfevents.") or p.name.endswith(".tmp"):
+            with contextlib.suppress(OSError): p.unlink()
+    with contextlib.suppress(OSError): folder.rmdir()   # only if nothing else is in it
 
 
 # %% ../nbs/03d_training.ipynb #440306c8
@@ -400,10 +486,12 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, e
     mean, std = _normalisation(cfg, ckpt)
     if ctx.is_main and ckpt is None:
         if cfg.overwrite: clear_run(run_dir)
+        (run_dir / RUN_MARKER).write_text("a petseg training run: petseg train --overwrite may replace this folder's run files\n")
         (run_dir / "config.json").write_text(json.dumps(config_dict(cfg), indent=2))
     if not ctx.is_main: ctx.barrier()               # rank 0 builds any cache first; the others then read it
-    train_dl, valid_dl, sampler = make_loaders(cfg, ctx, mean, std, device, on_device)
+    train_dl, valid_dl, sampler, data = make_loaders(cfg, ctx, mean, std, device, on_device)
     if ctx.is_main: ctx.barrier()
+    if ckpt is not None: check_resume_data(ckpt, data, cfg.resume, cfg.scheduler != "none")   # before anything is written
     kwargs = dict(cfg.model_kwargs, **({"pretrained": True} if cfg.pretrained and ckpt is None else {}))
     try: model = build_model(cfg.model, **kwargs)
     except TypeError as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
@@ -412,8 +500,10 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, e
     model = model.to(device)
     opt = make_optimizer(model.parameters(), cfg)
     meta = dict(petseg_version=petseg.__version__, model_name=cfg.model, model_kwargs=dict(cfg.model_kwargs),
-                config=config_dict(cfg), image_size=cfg.image_size, mean=list(mean), std=list(std), world_size=ctx.world_size)
-    cbs = training_callbacks(cfg, ctx, device, sampler, make_scheduler(opt, cfg, len(train_dl)), run_dir, meta, mean, std, on_device)
+                config=config_dict(cfg), image_size=cfg.image_size, mean=list(mean), std=list(std), world_size=ctx.world_size,
+                data=data)
+    cbs = training_callbacks(cfg, ctx, device, sampler, make_scheduler(opt, cfg, len(train_dl)), run_dir, meta, mean, std,
+                             on_device, resumed_from=(str(cfg.resume), ckpt["epoch"]) if ckpt is not None else None)
     learn = Learner(model, train_dl, valid_dl, BCEDiceLoss(cfg.bce_weight, cfg.dice_weight), opt, cbs + extra)
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer_state"])

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from petseg.data import make_archives, make_synthetic_pets
+from petseg.download import make_archives
+from petseg.synthetic import make_synthetic_pets
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "oxford-pet-sample"
 

@@ -20,7 +20,6 @@ import pytest
 import torch
 from PIL import Image
 
-import petseg.data
 from petseg import cli
 from petseg.cli import build_parser, main, train_config_from_args
 from petseg.data import read_split
@@ -292,7 +291,7 @@ def test_rerun_keeps_earlier_checkpoints_and_best_is_not_resumable(trained, caps
 def test_train_downloads_missing_dataset(http_server, monkeypatch, capsys, tmp_path):
     "A missing dataset is downloaded first (from $PETSEG_DATA_URL here: a loopback server), saying so; then it trains."
     monkeypatch.setenv("PETSEG_DATA_URL", http_server.url)
-    monkeypatch.setattr(petseg.data, "ARCHIVES", http_server.md5s)   # the synthetic archives' checksums
+    monkeypatch.setenv("PETSEG_DATA_MD5S", ",".join(f"{n}={m}" for n, m in http_server.md5s.items()))   # the mirror's MD5s
     args = ["train", "--data-root", tmp_path / "pets", "--epochs", "1", "--batch-size", "4", *TINY,
             "--checkpoint-dir", tmp_path / "ck"]
     code, out, err = run(capsys, *args)
@@ -310,7 +309,7 @@ def test_download_subcommand(http_server, monkeypatch, capsys, tmp_path, refused
     assert code == 1 and "MD5" in err and "Traceback" not in err          # the official checksums do not match
     code, out, err = run(capsys, "download", "--data_path", tmp_path / "r", "--base-url", refused_url, "-q")
     assert code == 1 and refused_url in err and "Traceback" not in err
-    monkeypatch.setattr(petseg.data, "ARCHIVES", http_server.md5s)
+    monkeypatch.setenv("PETSEG_DATA_MD5S", ",".join(f"{n}={m}" for n, m in http_server.md5s.items()))
     code, out, err = run(capsys, "download", "--data-root", tmp_path / "ok", "--base-url", http_server.url, "-q")
     assert code == 0 and (tmp_path / "ok" / "annotations" / "trainval.txt").is_file() and "ready" in out
 

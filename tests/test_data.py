@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from petseg.data import (DatasetError, ImageMaskFolder, ImageReadError, OxfordPetDataset, PetsegError,
-                         SkippedFilesWarning, binary_mask, cached_arrays, eval_transforms, load_mask_array, load_rgb,
-                         make_synthetic_pets, read_split, resize_pair, split_records, train_transforms, trimap_to_mask)
+from petseg.cache import cached_arrays, resize_pair
+from petseg.data import (DatasetError, ImageMaskFolder, ImageReadError, LargeImageWarning, OxfordPetDataset, PetsegError,
+                         SkippedFilesWarning, binary_mask, eval_transforms, load_mask_array, load_rgb, read_split,
+                         split_records, train_transforms, trimap_to_mask)
+from petseg.synthetic import make_synthetic_pets
 
 
 def _skip_warnings(record) -> list[str]:
@@ -297,7 +299,7 @@ def test_cached_dataset_pickles_without_its_arrays(synthetic_root, tmp_path):
 _SLOW_BUILD = """
 import sys, time
 from pathlib import Path
-import petseg.data as d
+import petseg.cache as d
 root, cache, started, go = map(Path, sys.argv[1:5])
 write = d._write
 def held_write(f, data):                  # the first build signals that it started, then waits for the test's go
@@ -357,7 +359,7 @@ def test_cache_arrays_in_use_are_not_deleted_by_a_rebuild(pets_copy, tmp_path):
 
 def test_full_disk_while_building_the_cache(pets_copy, tmp_path, monkeypatch):
     import errno
-    import petseg.data as data
+    import petseg.cache as data
     cache = tmp_path / "cache"; cache.mkdir()
     (cache / ".tmp-oxford-train-24-deadbeef-images.npy").write_bytes(bytes(70))    # left by a killed build
     write, calls = data._write, []
@@ -611,14 +613,16 @@ def test_sample_cache_equals_direct_decoding(sample_root, tmp_path):
 # ---------------------------------------------------------------- course_data()
 
 def test_course_data_falls_back_to_synthetic_pets_once(tmp_path, monkeypatch, capsys):
-    from petseg.data import course_data
+    from petseg.data import course_data                        # the old import, through petseg.data's re-export
     monkeypatch.delenv("PETSEG_DATA", raising=False)
+    monkeypatch.setenv("PETSEG_DOWNLOAD", "0")                 # no download attempt (tests/test_download.py has those)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     (tmp_path / "repo" / ".git").mkdir(parents=True); (tmp_path / "repo" / "nbs").mkdir()
     monkeypatch.chdir(tmp_path / "repo" / "nbs")
     root = course_data()
     assert root == tmp_path / "cache" / "petseg" / "synthetic-pets"
-    assert "synthetic pets" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out and "PETSEG_DOWNLOAD=0" in out and "petseg download" in out
     assert len(OxfordPetDataset(root, "test")) > 0
     stamp = (root / "images").stat().st_mtime_ns
     assert course_data(verbose=False) == root and (root / "images").stat().st_mtime_ns == stamp   # written once
@@ -632,3 +636,19 @@ def test_course_data_names_the_real_sample_and_its_licence(sample_root, monkeypa
     assert course_data().resolve() == sample_root.resolve()
     out = capsys.readouterr().out
     assert "sample" in out and "Parkhi et al. 2012" in out and "CC BY-SA 4.0" in out
+
+
+def test_a_huge_image_gives_one_petseg_warning_naming_it(tmp_path, monkeypatch):
+    "PIL's anonymous DecompressionBombWarning becomes one LargeImageWarning naming the file; twice the limit, an error naming it."
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(big)                  # 600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)                          # above the limit, below twice it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_rgb(big).shape == (20, 30, 3)
+        assert load_mask_array(big).shape[:2] == (20, 30)
+    assert [w.category for w in caught] == [LargeImageWarning, LargeImageWarning]
+    assert str(big) in str(caught[0].message) and "30x20" in str(caught[0].message)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)                          # more than twice the limit
+    with pytest.raises(ImageReadError, match=str(big)):
+        load_rgb(big)

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from petseg.data import OxfordPetDataset, eval_transforms, make_synthetic_pets
+from petseg.data import OxfordPetDataset, eval_transforms
+from petseg.synthetic import make_synthetic_pets
 from petseg.losses import dice_per_image
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
 from petseg.training import TrainConfig, train
@@ -88,7 +89,7 @@ def _check(pets: Path, tmp_path: Path) -> None:
     assert [p.name for p in ckpt_dir.iterdir()] == ["unet"]  # one run folder, written by rank 0 only
     run_dir = ckpt_dir / "unet"
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events.")) == \
-        [".lock", "best.pt", "config.json", "last.pt", "metrics.csv"]
+        [".lock", ".petseg-run", "best.pt", "config.json", "last.pt", "metrics.csv"]
     assert len([p for p in run_dir.iterdir() if p.name.startswith("events.out.tfevents")]) == 1
     with open(run_dir / "metrics.csv") as f: assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
     last = run_dir / "last.pt"

@@ -1,14 +1,16 @@
 """download_oxford_pet against a loopback server serving archives built from make_synthetic_pets: fresh download,
-idempotence, resume, checksum failures, server errors, and never deleting what the user had."""
+idempotence, resume, checksum failures, server errors, and never deleting what the user had; then course_data(), which
+downloads when it finds no dataset and falls back to synthetic pets, under a banner, when it cannot."""
 from __future__ import annotations
 
-import shutil, tarfile
+import shutil, socket, tarfile
 from pathlib import Path
 
 import pytest
 
-from petseg.data import (PETS_URL, ChecksumError, DownloadError, OxfordPetDataset, data_url, download_oxford_pet,
-                         file_md5)
+import petseg.download, petseg.synthetic
+from petseg.data import ATTRIBUTION, ChecksumError, DownloadError, OxfordPetDataset
+from petseg.download import PETS_URL, archive_md5s, course_data, data_url, download_oxford_pet, file_md5
 
 
 def _get(srv, root, **kw):
@@ -187,3 +189,99 @@ def test_environment_variable_sets_the_server(http_server, tmp_path, monkeypatch
     assert data_url("http://elsewhere") == "http://elsewhere"          # the argument wins over the variable
     monkeypatch.delenv("PETSEG_DATA_URL")
     assert data_url() == PETS_URL
+
+
+def test_md5s_for_a_mirror_from_the_environment(http_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("PETSEG_DATA_MD5S", ",".join(f"{n}={m}" for n, m in http_server.md5s.items()))
+    download_oxford_pet(tmp_path / "data", base_url=http_server.url, progress=False)      # no md5s= argument
+    assert (tmp_path / "data" / "annotations" / "trainval.txt").is_file()
+    monkeypatch.setenv("PETSEG_DATA_MD5S", "images.tar.gz:0123")
+    with pytest.raises(DownloadError, match="PETSEG_DATA_MD5S"):
+        download_oxford_pet(tmp_path / "other", base_url=http_server.url, progress=False)
+    assert archive_md5s("annotations.tar.gz=" + "A" * 32) == {**petseg.download.ARCHIVES, "annotations.tar.gz": "a" * 32}
+
+
+# ---------------------------------------------------------------- course_data(): download, or synthetic with a banner
+
+@pytest.fixture
+def student(tmp_path, monkeypatch):
+    "A folder with no dataset in or above it, not in a git checkout and not on Colab; tiny synthetic pets as the fallback."
+    folder = tmp_path / "student"; folder.mkdir()
+    monkeypatch.chdir(folder)
+    for var in ("PETSEG_DATA", "PETSEG_DATA_URL", "PETSEG_DATA_MD5S", "PETSEG_DOWNLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(petseg.download, "COLAB_CONTENT", tmp_path / "no-colab")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(petseg.synthetic, "SYNTHETIC_PETS", dict(n_trainval=3, n_test=1, size=16, seed=0))
+    return folder
+
+
+def _mirror_env(monkeypatch, srv):
+    monkeypatch.setenv("PETSEG_DATA_URL", srv.url)
+    monkeypatch.setenv("PETSEG_DATA_MD5S", ",".join(f"{n}={m}" for n, m in srv.md5s.items()))
+
+
+def _assert_banner(out: str, *why: str):
+    assert "SYNTHETIC" in out and "petseg download" in out, out
+    assert all(w in out for w in why), out
+
+
+def test_course_data_downloads_once_then_finds_it(student, http_server, monkeypatch, capsys):
+    _mirror_env(monkeypatch, http_server)
+    root = course_data()
+    assert root == student / "data" / "oxford-pet" and len(OxfordPetDataset(root, "train")) == 18
+    out = capsys.readouterr().out
+    assert "Downloaded and verified Oxford-IIIT Pet" in out and ATTRIBUTION in out and "SYNTHETIC" not in out
+    assert [name for name, _ in http_server.requests] == ["images.tar.gz", "annotations.tar.gz"]
+    assert course_data() == root                                    # the next lesson: found, nothing downloaded
+    assert "Using the full Oxford-IIIT Pet" in capsys.readouterr().out and len(http_server.requests) == 2
+
+
+def test_course_data_downloads_to_the_repository_root(student, http_server, monkeypatch):
+    (student / "repo" / ".git").mkdir(parents=True); (student / "repo" / "nbs").mkdir()
+    monkeypatch.chdir(student / "repo" / "nbs")
+    _mirror_env(monkeypatch, http_server)
+    assert course_data(verbose=False) == student / "repo" / "data" / "oxford-pet"
+    monkeypatch.chdir(student / "repo")                             # from another folder of the checkout: found
+    assert course_data(verbose=False) == student / "repo" / "data" / "oxford-pet" and len(http_server.requests) == 2
+
+
+def test_course_data_with_the_server_down_shows_the_banner(student, refused_url, monkeypatch, capsys):
+    monkeypatch.setenv("PETSEG_DATA_URL", refused_url)
+    root = course_data()
+    assert root == student.parent / "cache" / "petseg" / "synthetic-pets"
+    _assert_banner(capsys.readouterr().out, "Could not reach", f"--data-root {student / 'data' / 'oxford-pet'}")
+    assert list(student.iterdir()) == []                            # no empty data/ folder left to mislead anyone
+
+
+def test_course_data_interrupted_download_is_not_mistaken_and_resumes(student, http_server, archives, monkeypatch, capsys):
+    _mirror_env(monkeypatch, http_server)
+    size = (archives[0] / "annotations.tar.gz").stat().st_size
+    http_server.cut_after["annotations.tar.gz"] = size // 2         # images arrive, annotations stop halfway
+    assert course_data().name == "synthetic-pets"
+    _assert_banner(capsys.readouterr().out, "stopped after")
+    target = student / "data" / "oxford-pet"
+    assert (target / "images").is_dir() and not (target / "annotations").exists()
+    assert course_data() == target                                  # the next call resumes the annotations
+    assert ("annotations.tar.gz", f"bytes={size // 2}-") in http_server.requests
+    assert [n for n, _ in http_server.requests].count("images.tar.gz") == 1
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_course_data_without_download_makes_no_request(student, http_server, monkeypatch, capsys, how):
+    _mirror_env(monkeypatch, http_server)
+    if how == "environment": monkeypatch.setenv("PETSEG_DOWNLOAD", "0")
+    root = course_data(download=False) if how == "argument" else course_data()
+    assert root.name == "synthetic-pets" and http_server.requests == []
+    _assert_banner(capsys.readouterr().out, "download=False" if how == "argument" else "PETSEG_DOWNLOAD=0")
+    assert not (student / "data").exists()
+
+
+def test_course_data_gives_up_on_a_silent_server(student, monkeypatch, capsys):
+    "A server that accepts the connection and never answers: the download's timeout ends the wait (shortened here)."
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0)); silent.listen(4)              # connections complete, nothing is ever sent
+        monkeypatch.setenv("PETSEG_DATA_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(petseg.download, "DOWNLOAD_TIMEOUT", 0.5)
+        assert course_data().name == "synthetic-pets"
+    _assert_banner(capsys.readouterr().out, "the download failed")

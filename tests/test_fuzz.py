@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from petseg.data import ImageMaskFolder, OxfordPetDataset, PetsegError, make_synthetic_pets
+from petseg.data import ImageMaskFolder, OxfordPetDataset, PetsegError
+from petseg.synthetic import make_synthetic_pets
 from petseg.evaluate import evaluate
 from petseg.inference import predict
 from petseg.models import build_model

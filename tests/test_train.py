@@ -23,7 +23,8 @@ import petseg.checkpoint as C
 import petseg.training as T
 from petseg.callbacks import METRIC_COLUMNS, LivePlot, TrainingError, TrainingInterrupted
 from petseg.checkpoint import CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from petseg.data import OxfordPetDataset, eval_transforms, make_synthetic_pets, IMAGENET_MEAN
+from petseg.data import OxfordPetDataset, eval_transforms, IMAGENET_MEAN
+from petseg.synthetic import make_synthetic_pets
 from petseg.learner import Callback
 from petseg.losses import BCEDiceLoss, dice_per_image
 from petseg.models import build_model
@@ -79,7 +80,7 @@ def test_history_logs_and_checkpoints(pets, tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in hist.run_dir.iterdir())
     assert hist.run_dir == Path(cfg.checkpoint_dir) / "run"
     assert sorted(p.name for p in hist.run_dir.iterdir() if not p.name.startswith("events")) == \
-        [".lock", "best.pt", "config.json", "last.pt", "metrics.csv"]  # no temp files
+        [".lock", ".petseg-run", "best.pt", "config.json", "last.pt", "metrics.csv"]  # no temp files
     assert json.loads((hist.run_dir / "config.json").read_text())["lr"] == cfg.lr
     ck = load_checkpoint(hist.checkpoints["last"])
     assert set(CHECKPOINT_KEYS) <= set(ck)

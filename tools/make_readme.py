@@ -1,6 +1,6 @@
 """Generate README.md from nbs/index.ipynb with nbconvert (Quarto, which `nbdev_readme` needs, is not available
-on every machine). Cells marked `#| hide` are dropped, `#| output: false` drops a cell's outputs, `#|` directive lines are removed, outputs are kept and
-images are written to `README_files/`.
+on every machine). Cells marked `#| hide` are dropped, `#| output: false` drops a cell's outputs, `#| echo: false` its code (its
+outputs stay), `#|` directive lines are removed, outputs are kept and images are written to `README_files/`.
 
     python tools/make_readme.py          # write README.md (and README_files/)
     python tools/make_readme.py --check  # exit 1 if README.md is not what index.ipynb generates
@@ -30,9 +30,10 @@ def _filter(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     cells = []
     for cell in nb.cells:
         if cell.cell_type == "code":
-            hide_output = any(l.replace(" ", "") == "#|output:false" for l in cell.source.splitlines())
+            flags = {l.replace(" ", "") for l in cell.source.splitlines() if l.startswith("#|")}
             found, cell.source = _directives(cell.source)
-            if hide_output: cell.outputs = []
+            if "#|output:false" in flags: cell.outputs = []
+            if "#|echo:false" in flags: cell.metadata.setdefault("transient", {})["remove_source"] = True
             if found & {"hide", "exporti", "export"} or (not cell.source and not cell.get("outputs")): continue
         cells.append(cell)
     nb.cells = cells
