@@ -407,7 +407,7 @@ def build_learner(cfg: TrainConfig, ctx: DistContext | None = None, run_dir: Pat
     if ctx.is_main: ctx.barrier()
     kwargs = dict(cfg.model_kwargs, **({"pretrained": True} if cfg.pretrained and ckpt is None else {}))
     try: model = build_model(cfg.model, **kwargs)
-    except TypeError as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
+    except (TypeError, ValueError) as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
     if ckpt is not None: load_model_state(model, ckpt["model_state"], str(cfg.resume))
     if cfg.sync_bn and ctx.enabled and device.type == "cuda": model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
