@@ -20,11 +20,11 @@ from .checkpoint import get_rng_state, remove_stale_temporaries, save_checkpoint
 from .learner import CancelFitException, Callback, Learner, plot_history
 
 # %% auto #0
-__all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'TrainingError', 'TrainingInterrupted', 'say', 'DeviceCallback', 'ChannelsLast',
-           'EpochTotals', 'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode', 'amp_dtype_for',
-           'MixedPrecision', 'NonFiniteGuard', 'OutOfMemory', 'WorkerErrors', 'SaveCheckpoints', 'EarlyStopping',
-           'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot', 'EpochFunction',
-           'item_seed', 'SetEpoch', 'AugmentOnDevice', 'CompileModel', 'StopOnSignal']
+__all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'SKIP_IN_LR_FIND', 'TrainingError', 'TrainingInterrupted', 'say', 'DeviceCallback',
+           'ChannelsLast', 'EpochTotals', 'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode',
+           'amp_dtype_for', 'MixedPrecision', 'NonFiniteGuard', 'OutOfMemory', 'WorkerErrors', 'SaveCheckpoints',
+           'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot',
+           'EpochFunction', 'item_seed', 'SetEpoch', 'AugmentOnDevice', 'CompileModel', 'StopOnSignal']
 
 # %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
 class TrainingError(PetsegError):
@@ -450,3 +450,8 @@ class StopOnSignal(Callback):
     def cleanup_fit(self):
         for s, h in self._old.items(): signal.signal(s, h)
         self._old = {}
+
+# %% ../nbs/03b_callbacks.ipynb #3ebc609e
+SKIP_IN_LR_FIND = (Recorder, LRScheduler, NonFiniteGuard, SaveCheckpoints, EarlyStopping, PauseAfterEpoch, SWA, MetricsLogger,
+                   ProgressCallback, LivePlot, EpochFunction, CompileModel, StopOnSignal)
+for _cb in SKIP_IN_LR_FIND: _cb.in_lr_find = False

@@ -18,13 +18,13 @@ from .evaluate import SIZE_LIMITS, evaluate, evaluate_wrote, evaluation_inputs, 
 from .inference import OutputExistsError, predict
 from .models import MODEL_NAMES
 from .training import (AMP_MODES, NORMALIZATIONS, OPTIMIZERS, SCHEDULERS, ConfigError, TrainConfig, TrainingInterrupted,
-                             PRESETS, check_config, field_help, field_section, preset_config, train)
+                             PRESETS, check_config, field_help, field_section, find_lr, preset_config, train)
 
 # %% auto #0
 __all__ = ['positive_int', 'nonneg_int', 'unit_interval', 'TRAIN_FLAG_ALIASES', 'TRAIN_CHOICES', 'TRAIN_TYPES', 'NOT_FLAGS',
-           'DEMO', 'DEMO_MARKER', 'DATA_ROOT', 'DATA_ROOT_FLAGS', 'FLAG_OF', 'UsageError', 'bounded_int',
-           'readable_path', 'readable_file', 'readable_dir', 'out_dir', 'out_file', 'train_config_from_args',
-           'run_demo', 'build_parser', 'in_flag_words', 'Terminated', 'main']
+           'DEMO', 'DEMO_MARKER', 'PLOT_FORMATS', 'DATA_ROOT', 'DATA_ROOT_FLAGS', 'FLAG_OF', 'UsageError',
+           'bounded_int', 'readable_path', 'readable_file', 'readable_dir', 'out_dir', 'out_file',
+           'train_config_from_args', 'run_demo', 'build_parser', 'in_flag_words', 'Terminated', 'main']
 
 # %% ../nbs/07_cli.ipynb #3acadce5
 class UsageError(Exception):
@@ -267,6 +267,49 @@ def _cmd_demo(args) -> int:
           f"petseg predict {r['checkpoint']} YOUR_PHOTOS/ --out my-masks")
     return 0
 
+# %% ../nbs/07_cli.ipynb #9ebb267b
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+def _cmd_lr_find(args) -> int:
+    cfg = train_config_from_args(args)
+    if cfg.resume: raise UsageError("--resume: lr-find starts from fresh weights; drop it")
+    if args.start_lr >= args.end_lr: raise UsageError(f"--start-lr {args.start_lr} must be below --end-lr {args.end_lr}")
+    if args.plot.suffix.lower() not in PLOT_FORMATS: raise UsageError(f"--plot {args.plot}: give a {', '.join(PLOT_FORMATS)} file")
+    try: check_config(cfg)
+    except ConfigError as e: raise UsageError(re.sub(r"^(\w+)=", lambda m: f"--{m.group(1).replace('_', '-')} ", str(e))) from None
+    root = Path(cfg.data_root or ".")
+    if cfg.data_root is not None and not (root / "annotations" / "trainval.txt").is_file():
+        raise UsageError(f"--data-root {cfg.data_root}: no Oxford-IIIT Pet there (petseg download --data-root {cfg.data_root} fetches it)")
+    print(f"lr-find: up to {args.num_it} batches of {cfg.batch_size} at rates from {args.start_lr:.0e} to {args.end_lr:.0e} "
+          f"({cfg.model}, {cfg.image_size}px)...", file=sys.stderr)
+    found = find_lr(cfg, args.start_lr, args.end_lr, args.num_it)
+    from matplotlib.figure import Figure           # no pyplot: no window, any backend
+    fig = Figure(figsize=(6, 4), dpi=100)
+    found.plot(fig.subplots())
+    write_atomically(args.plot, lambda tmp: fig.savefig(tmp, format=args.plot.suffix[1:].lower()))
+    print(f"{len(found.lrs)} batches ({found.stopped}); lowest smoothed loss {min(found.losses):.4f} at lr {found.lr_min:.2e}; "
+          f"steepest descent at {found.steepest:.2e}")
+    print(f"suggested learning rate: {found.suggestion:.2e} (lr_min / 10): petseg train ... --lr {found.suggestion:.2g}")
+    print(f"plot: {args.plot}")
+    return 0
+
+def _add_lr_find(sub) -> None:
+    p = sub.add_parser("lr-find", help="suggest a learning rate (the learning-rate finder)",
+                       description="The learning-rate finder for the run 'petseg train' would start with the same flags: "
+                       "train up to --num-it batches at rates rising exponentially from --start-lr to --end-lr (stopping "
+                       "when the smoothed loss passes 4 x its minimum), print the suggested rate (a tenth of the rate at "
+                       "the lowest loss) and save the loss curve. Fresh weights; writes no checkpoint.")
+    _add_train_args(p)
+    g = p.add_argument_group("finder")
+    g.add_argument("--start-lr", type=_arg_type(float, lambda v: 0 < v < 10, "a rate > 0 and < 10"), default=1e-7,
+                   help="first rate (default: %(default)s)")
+    g.add_argument("--end-lr", type=_arg_type(float, lambda v: 0 < v <= 1000, "a rate > 0 and at most 1000"), default=10.0,
+                   help="last rate (default: %(default)s)")
+    g.add_argument("--num-it", type=bounded_int(2, 1000), default=100, help="batches, 2 to 1000 (default: %(default)s)")
+    g.add_argument("--plot", type=out_file, default=Path("lr_find.png"), help="where the curve goes, .png/.pdf/.svg "
+                   "(default: %(default)s)")
+    p.set_defaults(func=_cmd_lr_find)
+
 # %% ../nbs/07_cli.ipynb #f0fb0fbd
 def _add_model_input_args(p: argparse.ArgumentParser, size_help: str):
     "Input size, flip TTA and threshold flags shared by evaluate and predict."
@@ -357,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Oxford-IIIT Pet is downloaded first unless --no-download.")
     _add_train_args(p)
     p.set_defaults(func=_cmd_train)
+    _add_lr_find(sub)
     _add_evaluate_and_predict(sub)
 
     p = sub.add_parser("demo", help="the whole job on synthetic data, on the CPU, in a minute or two",

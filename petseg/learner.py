@@ -5,9 +5,11 @@
 # %% ../nbs/03_learner.ipynb #5765114c
 from __future__ import annotations
 
-import re
+import copy, math, re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -16,7 +18,7 @@ from fastcore.basics import patch
 from .palette import PALETTE
 
 # %% auto #0
-__all__ = ['EVENTS', 'ImageMaskPairs', 'plot_history', 'CancelFitException', 'Callback', 'Learner']
+__all__ = ['EVENTS', 'ImageMaskPairs', 'plot_history', 'CancelFitException', 'Callback', 'Learner', 'LRFinder', 'LRFindResult']
 
 # %% ../nbs/03_learner.ipynb #b80cf0ec
 class ImageMaskPairs(Dataset):
@@ -59,6 +61,7 @@ class Callback:
     order: int = 0
     learn: "Learner | None" = None
     state_attrs: tuple[str, ...] = ()   # the attributes a checkpoint keeps to resume the callback exactly
+    in_lr_find: bool = True             # False: `Learner.lr_find` leaves it out (it writes files, tracks epochs, sets the rate)
 
     @property
     def name(self) -> str:
@@ -162,3 +165,101 @@ def fit(self: Learner, n_epochs: int, start_epoch: int = 0) -> "Learner":
         raise
     finally: self.callback("cleanup_fit")
     return self
+
+# %% ../nbs/03_learner.ipynb #24bd07e9
+class LRFinder(Callback):
+    "Raise the learning rate exponentially from `start_lr` to `end_lr` over `num_it` batches, recording the smoothed loss."
+    order = 90   # after every other callback's `after_loss` (mixed precision closes its autocast there)
+    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, beta: float = 0.98,
+                 diverge: float = 4.0):
+        self.start_lr, self.end_lr, self.num_it, self.beta, self.diverge = start_lr, end_lr, num_it, beta, diverge
+        self.lrs, self.losses, self.raw_losses, self.avg, self.stopped = [], [], [], 0.0, "finished"
+    def rate(self, i: int) -> float:
+        "The learning rate of batch `i` (0 .. num_it - 1)."
+        return self.start_lr * (self.end_lr / self.start_lr) ** (i / (self.num_it - 1))
+    def before_batch(self):
+        if not self.learn.training: return
+        for g in self.learn.opt.param_groups: g["lr"] = self.rate(len(self.lrs))
+    def after_loss(self):
+        if not self.learn.training: return
+        loss = float(self.learn.loss.detach())
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss          # exponential moving average ...
+        smooth = self.avg / (1 - self.beta ** (len(self.lrs) + 1))         # ... without its bias towards 0 at the start
+        self.lrs.append(self.rate(len(self.lrs))); self.raw_losses.append(loss); self.losses.append(smooth)
+        if not math.isfinite(smooth) or smooth > self.diverge * min(self.losses): self.stopped = "diverged"
+        elif len(self.lrs) < self.num_it: return
+        raise CancelFitException()   # diverged, or the last rate is measured: no step with it
+
+# %% ../nbs/03_learner.ipynb #c845a12d
+@dataclass
+class LRFindResult:
+    "What `Learner.lr_find` measured: the rates tried, the losses at each, why it stopped, and rates read off the curve."
+    lrs: list[float]          # the learning rate of each batch
+    losses: list[float]       # the exponentially smoothed training loss at each rate
+    raw_losses: list[float]   # the batch losses themselves
+    stopped: str              # 'finished' (every rate tried) or 'diverged' (smoothed loss above `diverge` x its minimum, or NaN)
+
+    @property
+    def lr_min(self) -> float:
+        "The rate at the lowest smoothed loss."
+        return self.lrs[int(np.nanargmin(self.losses))]
+
+    @property
+    def suggestion(self) -> float:
+        "The suggested rate: a tenth of `lr_min`, where the loss still falls fast (never below the first rate tried)."
+        return max(self.lrs[0], self.lr_min / 10)
+
+    @property
+    def steepest(self) -> float:
+        "The rate where the smoothed loss falls fastest against log(rate), up to its minimum."
+        end = int(np.nanargmin(self.losses)) + 1
+        if end < 3: return self.lrs[0]
+        slope = np.gradient(np.asarray(self.losses[:end]), np.log(self.lrs[:end]))
+        return self.lrs[int(np.argmin(slope))]
+
+    def plot(self, ax=None):
+        "The smoothed loss against the rate (log scale), with `suggestion` and `steepest` marked; returns the figure."
+        import matplotlib.pyplot as plt
+        if ax is None: _, ax = plt.subplots(figsize=(5, 3.2))
+        lrs, losses = np.asarray(self.lrs), np.asarray(self.losses)
+        ok = np.isfinite(losses)
+        ax.plot(lrs[ok], losses[ok], color="0.3", label="smoothed training loss")
+        for lr, mark, what in ((self.suggestion, "o", "suggestion (lr_min / 10)"), (self.steepest, "s", "steepest descent")):
+            ax.plot(lr, np.interp(np.log(lr), np.log(lrs[ok]), losses[ok]), mark, ms=8, label=f"{what}: {lr:.1e}")
+        low, top = losses[ok].min(), losses[ok][: int(np.nanargmin(losses)) + 1].max()
+        ax.set_ylim(low - 0.05 * (top - low), top + 0.3 * (top - low))   # the descent fills the panel; the blow-up leaves it
+        ax.set_xscale("log"); ax.set_xlabel("learning rate (log scale)"); ax.set_ylabel("loss")
+        ax.set_title(f"learning-rate finder ({len(lrs)} batches, {self.stopped})"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+        ax.figure.tight_layout()
+        return ax.figure
+
+# %% ../nbs/03_learner.ipynb #3e3fda3e
+def _rng_devices() -> list[int]:
+    "The CUDA devices whose random state `lr_find` must put back (none unless CUDA is in use)."
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+
+@patch
+def lr_find(self: Learner, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
+            diverge: float = 4.0) -> LRFindResult:
+    """Train `num_it` batches at rates rising exponentially from `start_lr` to `end_lr`, stopping early when the smoothed
+    loss exceeds `diverge` x its minimum or is NaN; then put the model, the optimizer, the callbacks' states and torch's
+    random state back exactly as they were. Callbacks with `in_lr_find = False` sit it out; validation is skipped."""
+    if not 0 < start_lr < end_lr: raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got {start_lr} and {end_lr}.")
+    if not 2 <= num_it <= 10_000: raise ValueError(f"lr_find needs num_it from 2 to 10000 batches, got {num_it}.")
+    finder, cbs = LRFinder(start_lr, end_lr, num_it, diverge=diverge), [cb for cb in self.cbs if cb.in_lr_find]
+    saved = {k: v for k, v in vars(self).items() if k in ("model", "valid_dl", "cbs", "epoch", "n_epochs", "stop_reason", "training")}
+    model_state, opt_state = copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict())
+    cb_states = [copy.deepcopy(cb.state_dict()) for cb in cbs]
+    try: per_epoch = max(len(self.train_dl), 1)
+    except TypeError: per_epoch = 1            # a loader without a length: fit stops when the finder has its batches
+    try:
+        with torch.random.fork_rng(devices=_rng_devices()):
+            finder.learn, self.valid_dl = self, ()
+            self.cbs = sorted(cbs + [finder], key=lambda cb: cb.order)
+            self.fit(math.ceil(num_it / per_epoch))
+    finally:
+        vars(self).update(saved)
+        self.model.load_state_dict(model_state)
+        self.opt.load_state_dict(opt_state)
+        for cb, state in zip(cbs, cb_states): cb.load_state_dict(state)
+    return LRFindResult(finder.lrs, finder.losses, finder.raw_losses, finder.stopped)

@@ -5,7 +5,7 @@
 # %% ../nbs/01_models.ipynb #e90cc8ab
 from __future__ import annotations
 
-import os
+import math, os
 from pathlib import Path
 
 import torch
@@ -15,21 +15,29 @@ from torch import nn
 from .data import PetsegError
 
 # %% auto #0
-__all__ = ['RESNET34_LAYERS', 'MODEL_NAMES', 'RESNET34_URL', 'conv_bn_relu', 'DoubleConv', 'pad_to_multiple', 'UpBlock', 'UNet',
-           'count_parameters', 'BasicBlock', 'ResNet34Encoder', 'ResNet34UNet', 'build_model', 'WeightsError',
-           'load_resnet34_weights']
+__all__ = ['NORMS', 'RESNET34_LAYERS', 'MODEL_NAMES', 'RESNET34_URL', 'norm_layer', 'conv_bn_relu', 'DoubleConv',
+           'pad_to_multiple', 'UpBlock', 'UNet', 'count_parameters', 'BasicBlock', 'ResNet34Encoder', 'ResNet34UNet',
+           'build_model', 'WeightsError', 'load_resnet34_weights']
 
 # %% ../nbs/01_models.ipynb #40e18c7b
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    "3x3 convolution (no bias), batch norm, in-place ReLU."
+NORMS = ("batch", "group")
+
+def norm_layer(channels: int, norm: str = "batch") -> nn.Module:
+    "`nn.BatchNorm2d`, or for `norm='group'` an `nn.GroupNorm` of gcd(32, channels) groups (works with batches of 1)."
+    if norm == "batch": return nn.BatchNorm2d(channels)
+    if norm == "group": return nn.GroupNorm(math.gcd(32, channels), channels)
+    raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, got {norm!r}.")
+
+def conv_bn_relu(in_channels: int, out_channels: int, norm: str = "batch") -> nn.Sequential:
+    "3x3 convolution (no bias), batch norm (or `norm_layer(norm)`), in-place ReLU."
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+                         norm_layer(out_channels, norm), nn.ReLU(inplace=True))
 
 
 class DoubleConv(nn.Sequential):
     "Two `conv_bn_relu` blocks: the U-Net's basic unit."
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(conv_bn_relu(in_channels, out_channels), conv_bn_relu(out_channels, out_channels))
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
+        super().__init__(conv_bn_relu(in_channels, out_channels, norm), conv_bn_relu(out_channels, out_channels, norm))
 
 # %% ../nbs/01_models.ipynb #228ef774
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -43,13 +51,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 class UpBlock(nn.Module):
     """Upsample x2 to `out_channels`, concatenate the skip, `DoubleConv` to `out_channels`.
     `mode='transpose'`: a 2x2 stride-2 transposed conv; `'nearest'`: a 1x1 conv, then nearest-neighbour x2."""
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, mode: str = "transpose"):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, mode: str = "transpose",
+                 norm: str = "batch"):
         super().__init__()
         if mode == "transpose": self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
         elif mode == "nearest": self.up = nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
                                                        nn.Upsample(scale_factor=2, mode="nearest"))
         else: raise ValueError(f"UpBlock mode must be 'transpose' or 'nearest', got {mode!r}.")
-        self.conv = DoubleConv(out_channels + skip_channels, out_channels)
+        self.conv = DoubleConv(out_channels + skip_channels, out_channels, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
@@ -58,16 +67,17 @@ class UpBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    "The U-Net of Ronneberger et al. (2015) with batch norm and same-padding; returns logits of the input's H x W."
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, features: tuple[int, ...] = (64, 128, 256, 512)):
+    "The U-Net of Ronneberger et al. (2015) with batch norm (or `norm='group'`) and same-padding; logits of the input's H x W."
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, features: tuple[int, ...] = (64, 128, 256, 512),
+                 norm: str = "batch"):
         super().__init__()
         self.downs = nn.ModuleList()
         ch = in_channels
         for f in features:
-            self.downs.append(DoubleConv(ch, f)); ch = f
+            self.downs.append(DoubleConv(ch, f, norm)); ch = f
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = DoubleConv(features[-1], features[-1] * 2)
-        self.ups = nn.ModuleList(UpBlock(f * 2, f, f) for f in reversed(features))
+        self.bottleneck = DoubleConv(features[-1], features[-1] * 2, norm)
+        self.ups = nn.ModuleList(UpBlock(f * 2, f, f, norm=norm) for f in reversed(features))
         self.head = nn.Conv2d(features[0], out_channels, kernel_size=1)
         self.stride = 2 ** len(features)
 
@@ -88,17 +98,17 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # %% ../nbs/01_models.ipynb #10a46eef
 class BasicBlock(nn.Module):
     "ResNet basic block: two 3x3 conv-BN with an identity (or 1x1 conv `downsample`) shortcut; torchvision's names."
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, norm: str = "batch"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn1 = norm_layer(out_channels, norm)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = norm_layer(out_channels, norm)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(out_channels))
+                                            norm_layer(out_channels, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -113,15 +123,15 @@ RESNET34_LAYERS = (3, 4, 6, 3)
 class ResNet34Encoder(nn.Module):
     "ResNet-34 without its classifier; `forward` returns the features at strides 2, 4, 8, 16 and 32."
     def __init__(self, in_channels: int = 3, layers: tuple[int, ...] = RESNET34_LAYERS,
-                 widths: tuple[int, ...] = (64, 128, 256, 512)):
+                 widths: tuple[int, ...] = (64, 128, 256, 512), norm: str = "batch"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.bn1 = norm_layer(widths[0], norm)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         ch = widths[0]
         for i, (n, w) in enumerate(zip(layers, widths)):
-            blocks = [BasicBlock(ch, w, stride=1 if i == 0 else 2)] + [BasicBlock(w, w) for _ in range(n - 1)]
+            blocks = [BasicBlock(ch, w, 1 if i == 0 else 2, norm)] + [BasicBlock(w, w, norm=norm) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks)); ch = w
         self.channels = (widths[0],) + tuple(widths)  # channels of the five feature maps
 
@@ -139,15 +149,17 @@ class ResNet34UNet(nn.Module):
     decoder_channels = (256, 128, 64, 32, 16)
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1,
-                 pretrained: bool | str | os.PathLike = False):
+                 pretrained: bool | str | os.PathLike = False, norm: str = "batch"):
         super().__init__()
-        self.encoder = ResNet34Encoder(in_channels)
+        if pretrained and norm != "batch":
+            raise ValueError(f"pretrained ImageNet weights come with BatchNorm statistics: use norm='batch', not {norm!r}.")
+        self.encoder = ResNet34Encoder(in_channels, norm=norm)
         if pretrained: load_resnet34_weights(self.encoder, None if pretrained is True else pretrained)
         skips = self.encoder.channels[-2::-1] + (0,)  # 256, 128, 64, 64 (stem), none at full resolution
         ch = self.encoder.channels[-1]
         self.decoder = nn.ModuleList()
         for skip, out in zip(skips, self.decoder_channels):
-            self.decoder.append(UpBlock(ch, skip, out, mode="nearest")); ch = out
+            self.decoder.append(UpBlock(ch, skip, out, mode="nearest", norm=norm)); ch = out
         self.head = nn.Conv2d(ch, out_channels, kernel_size=3, padding=1)
         self.stride = 32
 

@@ -22,7 +22,7 @@ from .models import MODEL_NAMES, build_model
 from .losses import BCEDiceLoss
 from .checkpoint import (CheckpointError, ConfigError, get_device, load_checkpoint, load_model_state,
                                seed_everything, set_rng_state)
-from .learner import Callback, ImageMaskPairs, Learner, plot_history
+from .learner import Callback, ImageMaskPairs, Learner, LRFindResult, plot_history
 from .callbacks import *
 from .distributed import DistContext, DistributedTraining, init_distributed, valid_shard
 from .augment import DeviceAugment, normalize
@@ -33,7 +33,7 @@ __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', '
            'field_section', 'check_config', 'preset_config', 'SeededItems', 'EpochSampler', 'folder_split',
            'make_datasets', 'make_optimizer', 'make_scheduler', 'run_folder', 'clear_run', 'config_dict',
            'resume_config', 'resumable', 'History', 'run_lock', 'FirstBatches', 'data_summary', 'check_resume_data',
-           'make_loaders', 'stop_workers', 'training_callbacks', 'train']
+           'make_loaders', 'stop_workers', 'training_callbacks', 'train', 'build_learner', 'find_lr']
 
 # %% ../nbs/03d_training.ipynb #14f8d15a
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -479,22 +479,22 @@ def _remove_stub_run(folder: Path) -> None:
 
 
 # %% ../nbs/03d_training.ipynb #440306c8
-def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, extra: list[Callback]) -> History:
+def build_learner(cfg: TrainConfig, ctx: DistContext | None = None, run_dir: Path | None = None, ckpt: dict | None = None,
+                  extra: Sequence[Callback] = ()) -> Learner:
+    "The `Learner` of `cfg`: normalisation, data, model, optimizer, schedule, loss and callbacks (restored from `ckpt`)."
+    ctx = ctx or DistContext()
+    run_dir = run_dir or run_folder(cfg)
     device = ctx.device = ctx.device if ctx.enabled else get_device(cfg.device)
     on_device = (device.type == "cuda") if cfg.device_augment == "auto" else cfg.device_augment in (True, "on")
     seed_everything(cfg.seed)
     mean, std = _normalisation(cfg, ckpt)
-    if ctx.is_main and ckpt is None:
-        if cfg.overwrite: clear_run(run_dir)
-        (run_dir / RUN_MARKER).write_text("a petseg training run: petseg train --overwrite may replace this folder's run files\n")
-        (run_dir / "config.json").write_text(json.dumps(config_dict(cfg), indent=2))
     if not ctx.is_main: ctx.barrier()               # rank 0 builds any cache first; the others then read it
     train_dl, valid_dl, sampler, data = make_loaders(cfg, ctx, mean, std, device, on_device)
     if ctx.is_main: ctx.barrier()
     if ckpt is not None: check_resume_data(ckpt, data, cfg.resume, cfg.scheduler != "none")   # before anything is written
     kwargs = dict(cfg.model_kwargs, **({"pretrained": True} if cfg.pretrained and ckpt is None else {}))
     try: model = build_model(cfg.model, **kwargs)
-    except TypeError as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
+    except (TypeError, ValueError) as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
     if ckpt is not None: load_model_state(model, ckpt["model_state"], str(cfg.resume))
     if cfg.sync_bn and ctx.enabled and device.type == "cuda": model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
@@ -504,20 +504,37 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, e
                 data=data)
     cbs = training_callbacks(cfg, ctx, device, sampler, make_scheduler(opt, cfg, len(train_dl)), run_dir, meta, mean, std,
                              on_device, resumed_from=(str(cfg.resume), ckpt["epoch"]) if ckpt is not None else None)
-    learn = Learner(model, train_dl, valid_dl, BCEDiceLoss(cfg.bce_weight, cfg.dice_weight), opt, cbs + extra)
+    learn = Learner(model, train_dl, valid_dl, BCEDiceLoss(cfg.bce_weight, cfg.dice_weight), opt, cbs + list(extra))
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer_state"])
         for cb in learn.cbs: cb.load_state_dict(ckpt["callbacks"].get(cb.name, {}))
         set_rng_state(ckpt["rng_state"])
+    return learn
+
+def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, extra: list[Callback]) -> History:
+    if ctx.is_main and ckpt is None:
+        if cfg.overwrite: clear_run(run_dir)
+        (run_dir / RUN_MARKER).write_text("a petseg training run: petseg train --overwrite may replace this folder's run files\n")
+        (run_dir / "config.json").write_text(json.dumps(config_dict(cfg), indent=2))
+    learn = build_learner(cfg, ctx, run_dir, ckpt, extra)
     if ctx.is_main and cfg.verbose:
         what = f"resuming {run_dir / 'last.pt'} at epoch {ckpt['epoch'] + 1}" if ckpt is not None else "training"
-        say(f"{what}: {cfg.model}, {len(sampler) * ctx.world_size} train / {len(valid_dl.dataset) * ctx.world_size} "
-            f"valid images at {cfg.image_size}px on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}; "
-            f"run folder {run_dir} (best.pt, last.pt, metrics.csv; tensorboard --logdir {run_dir.parent})")
+        say(f"{what}: {cfg.model}, {len(learn.set_epoch.sampler) * ctx.world_size} train / "
+            f"{len(learn.valid_dl.dataset) * ctx.world_size} valid images at {cfg.image_size}px on {ctx.device}"
+            f"{f' x {ctx.world_size} processes' if ctx.enabled else ''}; run folder {run_dir} (best.pt, last.pt, "
+            f"metrics.csv; tensorboard --logdir {run_dir.parent})")
     try: learn.fit(cfg.epochs, start_epoch=ckpt["epoch"] if ckpt is not None else 0)
-    finally: stop_workers(train_dl, valid_dl)
+    finally: stop_workers(learn.train_dl, learn.valid_dl)
     swa = learn.swa.metrics if hasattr(learn, "swa") else None
     if learn.stop_reason == "paused" and ctx.is_main and cfg.verbose:
         say(f"paused after epoch {learn.epoch} (stop_after_epoch); resume with "
             f"petseg train --resume {run_dir / 'last.pt'}")
     return History(learn.recorder.history, run_dir, swa, learn.stop_reason)
+
+# %% ../nbs/03d_training.ipynb #f02abf6f
+def find_lr(config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> LRFindResult:
+    "`Learner.lr_find` on the data, model, optimizer, augmentation and precision of the run `config` describes; writes nothing."
+    if config.resume: raise ConfigError("find_lr starts from fresh weights: drop resume.")
+    learn = build_learner(check_config(config))
+    try: return learn.lr_find(start_lr, end_lr, num_it)
+    finally: stop_workers(learn.train_dl, learn.valid_dl)
