@@ -290,6 +290,9 @@ def _cmd_lr_find(args) -> int:
     print(f"{len(found.lrs)} batches ({found.stopped}); lowest smoothed loss {min(found.losses):.4f} at lr {found.lr_min:.2e}; "
           f"steepest descent at {found.steepest:.2e}")
     print(f"suggested learning rate: {found.suggestion:.2e} (lr_min / 10): petseg train ... --lr {found.suggestion:.2g}")
+    if found.stopped == "finished":                # the loss never blew up: its minimum may just be the last rate tried
+        print(f"note: the loss did not blow up below --end-lr {args.end_lr:g}, so the suggestion is only an upper guess; "
+              f"read the curve (a rate where it falls steeply, e.g. near {found.steepest:.1e}, is the safer choice)")
     print(f"plot: {args.plot}")
     return 0
 

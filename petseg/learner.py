@@ -211,11 +211,12 @@ class LRFindResult:
 
     @property
     def steepest(self) -> float:
-        "The rate where the smoothed loss falls fastest against log(rate), up to its minimum."
-        end = int(np.nanargmin(self.losses)) + 1
-        if end < 3: return self.lrs[0]
-        slope = np.gradient(np.asarray(self.losses[:end]), np.log(self.lrs[:end]))
-        return self.lrs[int(np.argmin(slope))]
+        """The rate where the smoothed loss falls fastest against log(rate), up to its minimum (the first tenth of the
+        rates, where the smoothing has not settled yet, is left out)."""
+        start, end = len(self.lrs) // 10, int(np.nanargmin(self.losses)) + 1
+        if end - start < 3: return self.lrs[min(start, end - 1)]
+        slope = np.gradient(np.asarray(self.losses[start:end]), np.log(self.lrs[start:end]))
+        return self.lrs[start + int(np.argmin(slope))]
 
     def plot(self, ax=None):
         "The smoothed loss against the rate (log scale), with `suggestion` and `steepest` marked; returns the figure."
