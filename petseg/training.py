@@ -29,11 +29,9 @@ from .augment import DeviceAugment, normalize
 from .config import *   # TrainConfig, check_config, the presets: `from petseg.training import TrainConfig` works too
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RUN_MARKER', 'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'DATA_CHECKS', 'SeededItems', 'EpochSampler',
-           'folder_split', 'make_datasets', 'make_optimizer', 'make_scheduler', 'run_folder', 'clear_run',
-           'config_dict', 'resume_config', 'resumable', 'History', 'run_lock', 'FirstBatches', 'data_summary',
-           'check_resume_data', 'make_loaders', 'stop_workers', 'training_callbacks', 'train', 'build_learner',
-           'find_lr']
+__all__ = ['SeededItems', 'EpochSampler', 'folder_split', 'make_datasets', 'make_optimizer', 'make_scheduler', 'History',
+           'FirstBatches', 'data_summary', 'make_loaders', 'stop_workers', 'training_callbacks', 'train',
+           'build_learner', 'find_lr']
 
 # %% ../nbs/03d_training.ipynb #89e631ff
 class SeededItems(ImageMaskPairs):
@@ -88,74 +86,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     if cfg.scheduler == "cosine": return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return None
 
-# %% ../nbs/03d_training.ipynb #0a025467
-RUN_FILES = ("best.pt", "last.pt", "swa.pt", "metrics.csv", "config.json")
-RUN_MARKER = ".petseg-run"   # in every run folder petseg makes: overwrite=True clears only folders holding it
-
-def _visible(folder: Path) -> list[str]:
-    "The names in `folder` that do not start with a dot (none if it is not a folder)."
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
-
-def run_folder(cfg: TrainConfig) -> Path:
-    "The folder of a new run: `checkpoint_dir/run_name` (default: the model), or `-2`, `-3`, ... while taken (unless overwrite)."
-    base = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
-    folder, k = base, 2
-    while True:
-        if not folder.exists() or (folder.is_dir() and not _visible(folder)): return folder   # new or empty
-        ours, has_run = (folder / RUN_MARKER).is_file(), any((folder / f).exists() for f in RUN_FILES)
-        if ours and cfg.overwrite: return folder
-        if folder == base and not ours and (cfg.overwrite or not has_run):
-            held = ", ".join(_visible(folder)[:3]) or "it is a file"
-            raise ConfigError(f"{folder} is not a run folder petseg made ({held}): "
-                              f"{'overwrite replaces only run folders petseg made' if cfg.overwrite else 'a run goes into a new, empty or earlier run folder'}; "
-                              "choose another run_name or checkpoint_dir.")
-        folder, k = base.with_name(f"{base.name}-{k}"), k + 1
-
-def clear_run(folder: Path) -> None:
-    "Delete the files of an earlier run in `folder` (`overwrite=True`): checkpoints, logs and TensorBoard events."
-    for p in [folder / f for f in RUN_FILES] + list(folder.glob("events.out.tfevents.*")):
-        if p.is_file(): p.unlink()
-
-def config_dict(cfg: TrainConfig) -> dict:
-    "`cfg` as a plain dict (paths as strings) fit for a `weights_only` checkpoint and JSON."
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-
-# %% ../nbs/03d_training.ipynb #d9887138
-# options a resumed run takes from the caller, not from the checkpoint
-PER_CALL_OPTIONS = ("resume", "device", "num_workers", "progress", "verbose", "live_plot", "stop_after_epoch", "compile",
-                    "overwrite", "checkpoint_dir", "run_name")
-# options a resumed run may change when the caller sets them (anything else must match the checkpoint)
-RESUME_OVERRIDES = ("epochs", "patience", "data_root", "images_dir", "masks_dir", "cache_dir")
-
-def resume_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
-    "The config of a resumed run: the checkpoint's, with the caller's per-call options and allowed overrides."
-    known = {f.name for f in fields(TrainConfig)}
-    saved = {k: v for k, v in (ckpt.get("config") or {}).items() if k in known}
-    merged, default = TrainConfig(**saved), TrainConfig()
-    for f in fields(TrainConfig):
-        mine, theirs = getattr(cfg, f.name), getattr(merged, f.name)
-        if f.name in PER_CALL_OPTIONS: setattr(merged, f.name, mine); continue
-        if mine == getattr(default, f.name) or mine == theirs: continue
-        if f.name not in RESUME_OVERRIDES:
-            raise ConfigError(f"resume: {f.name}={mine!r} differs from the checkpoint's {theirs!r}; a resumed run keeps its "
-                              f"model, data and optimisation settings. Drop that option, or start a new run.")
-        setattr(merged, f.name, mine)
-    if merged.epochs != saved.get("epochs", merged.epochs) and merged.scheduler != "none":
-        raise ConfigError(f"resume: epochs={merged.epochs} differs from the run's {saved['epochs']}, but its "
-                          f"{merged.scheduler!r} learning-rate schedule was laid out for {saved['epochs']} epochs. "
-                          "Extend only runs with scheduler='none', or start a new run.")
-    return merged
-
-def resumable(ckpt: dict, path: Path) -> dict:
-    "`ckpt` if a run can continue from it, else `CheckpointError` naming the run's last checkpoint."
-    if ckpt.get("resumable", "optimizer_state" in ckpt) and "callbacks" in ckpt: return ckpt
-    if "optimizer_state" in ckpt:
-        raise CheckpointError(f"{path} was written by an earlier petseg (one file per run, <run>_last.pt): it evaluates and "
-                              "predicts as before, but cannot be resumed by this version. Start a new run.")
-    raise CheckpointError(f"{path} holds the model weights only (best and SWA checkpoints do; they are for evaluate and "
-                          f"predict), not the optimizer and callback states a run continues from. Resume from the "
-                          f"run's last checkpoint instead: --resume {path.with_name('last.pt')}")
-
 # %% ../nbs/03d_training.ipynb #141dc51a
 class History(list):
     "The per-epoch rows `train` returns (a list of dicts), with `run_dir`, `checkpoints`, `swa` metrics and `status`."
@@ -167,35 +97,6 @@ class History(list):
     def best(self) -> dict | None:
         "The row with the highest valid Dice."
         return max(self, key=lambda r: r["valid_dice"]) if self else None
-
-_LOCK_FDS: set[int] = set()   # the run locks this process holds
-
-def _drop_locks_in_child() -> None:
-    "A forked child (a DataLoader worker) closes its copy of the run locks: a lock ends with the process that took it."
-    for fd in _LOCK_FDS:
-        with contextlib.suppress(OSError): os.close(fd)
-    _LOCK_FDS.clear()
-
-if hasattr(os, "register_at_fork"): os.register_at_fork(after_in_child=_drop_locks_in_child)
-
-@contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
-    """Lock the run folder `folder` (`.lock`) for the `with` block, so that two processes never write into one run. The
-    lock is this process's alone: DataLoader workers that outlive a killed run do not keep it."""
-    try: import fcntl
-    except ImportError: fcntl = None          # no POSIX locks (Windows): go on unlocked
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    _LOCK_FDS.add(fd)
-    try:
-        if fcntl is not None:
-            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise ConfigError(f"another petseg process is training in {folder}: wait for it to end, or give this "
-                                  "run another name (run_name / --run-name).") from None
-        yield
-    finally:
-        _LOCK_FDS.discard(fd); os.close(fd)
 
 # %% ../nbs/03d_training.ipynb #93474049
 def _worker_init(worker_id: int) -> None:
@@ -218,21 +119,6 @@ def data_summary(cfg: TrainConfig, train_ds: Dataset, valid_ds: Dataset, batches
     source = cfg.data_root if cfg.data_root is not None else f"{cfg.images_dir} + {cfg.masks_dir}"
     return dict(train_images=len(train_ds), valid_images=len(valid_ds), batches_per_epoch=batches_per_epoch,
                 split_sha1=split, source=str(source))
-
-DATA_CHECKS = (("train_images", "train images"), ("valid_images", "validation images"), ("batches_per_epoch", "batches per epoch"))
-
-def check_resume_data(ckpt: dict, now: dict, path: str | Path, scheduled: bool = True) -> None:
-    """`ConfigError` naming what changed when the data of a resumed run are not those the checkpoint `path` was trained
-    on; the batches per epoch (they change with the number of processes) only for a run with a learning-rate schedule."""
-    saved = ckpt.get("data")
-    if not saved: return                           # written by an earlier petseg: nothing to compare with
-    checks = DATA_CHECKS if scheduled else DATA_CHECKS[:2]
-    changed = [f"{saved.get(k)} {what} then, {now[k]} now" for k, what in checks if saved.get(k) != now[k]]
-    if not changed and saved.get("split_sha1") != now["split_sha1"]: changed = ["as many images as before, but other ones"]
-    if changed:
-        raise ConfigError(f"resume: the data in {now['source']} are not those {path} was trained on ({saved.get('source')}): "
-                          f"{'; '.join(changed)}. A run resumes only on its own data (its split and learning-rate schedule "
-                          "were laid out for them): restore them, or start a new run.")
 
 def make_loaders(cfg: TrainConfig, ctx: DistContext, mean, std, device: torch.device,
                  on_device_augment: bool) -> tuple[Any, DataLoader, EpochSampler, dict]:
