@@ -11,6 +11,7 @@ from .learner import *
 from .checkpoint import *
 from .callbacks import *
 from .distributed import *
+from .config import *
 from .training import *
 from .evaluate import *
 from .inference import *

@@ -20,50 +20,11 @@ from .checkpoint import get_rng_state, remove_stale_temporaries, save_checkpoint
 from .learner import CancelFitException, Callback, Learner, plot_history
 
 # %% auto #0
-__all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'SKIP_IN_LR_FIND', 'TrainingError', 'TrainingInterrupted', 'say', 'DeviceCallback',
-           'ChannelsLast', 'EpochTotals', 'Recorder', 'schedule_state', 'LRScheduler', 'GradientClip', 'amp_mode',
-           'amp_dtype_for', 'MixedPrecision', 'NonFiniteGuard', 'OutOfMemory', 'WorkerErrors', 'SaveCheckpoints',
-           'EarlyStopping', 'PauseAfterEpoch', 'SWA', 'MetricsLogger', 'ProgressCallback', 'in_notebook', 'LivePlot',
-           'EpochFunction', 'item_seed', 'SetEpoch', 'AugmentOnDevice', 'CompileModel', 'StopOnSignal']
-
-# %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
-class TrainingError(PetsegError):
-    "Training cannot go on: a non-finite loss, out of memory, or an empty split; `checkpoint`: a file to resume from, if any."
-    def __init__(self, message: str, checkpoint: Path | None = None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-class TrainingInterrupted(PetsegError):
-    "Training stopped on SIGINT/SIGTERM; `checkpoint` is the file to resume from (None if none was written)."
-    def __init__(self, message: str, checkpoint: Path | None = None, signum: int | None = None):
-        super().__init__(message)
-        self.checkpoint, self.signum = checkpoint, signum
-    @property
-    def exit_code(self) -> int:
-        "The shell's convention for a process ended by a signal: 128 + signal number (130 for Ctrl-C, 143 for kill)."
-        return 128 + int(self.signum or signal.SIGINT)
-
-def say(msg: str) -> None:
-    "Print a line without breaking progress bars."
-    tqdm.write(msg)
-
-
-# %% ../nbs/03b_callbacks.ipynb #89676b47
-class DeviceCallback(Callback):
-    "Move the model to `device` before fitting and each batch as it comes."
-    order = -20
-    def __init__(self, device: torch.device | str): self.device = torch.device(device)
-    def before_fit(self): self.learn.model.to(self.device)
-    def before_batch(self):
-        l = self.learn
-        l.xb, l.yb = l.xb.to(self.device, non_blocking=True), l.yb.to(self.device, non_blocking=True)
-
-class ChannelsLast(Callback):
-    "Run the model and the image batches in the channels_last memory format."
-    order = -10
-    def before_fit(self): self.learn.model.to(memory_format=torch.channels_last)
-    def before_batch(self):
-        if self.learn.xb.dim() == 4: self.learn.xb = self.learn.xb.contiguous(memory_format=torch.channels_last)
+__all__ = ['METRIC_COLUMNS', 'AMP_MODES', 'SKIP_IN_LR_FIND', 'EpochTotals', 'Recorder', 'DeviceCallback', 'schedule_state',
+           'LRScheduler', 'GradientClip', 'SaveCheckpoints', 'EarlyStopping', 'PauseAfterEpoch', 'MetricsLogger', 'say',
+           'ProgressCallback', 'in_notebook', 'LivePlot', 'EpochFunction', 'TrainingError', 'TrainingInterrupted',
+           'NonFiniteGuard', 'OutOfMemory', 'WorkerErrors', 'ChannelsLast', 'amp_mode', 'amp_dtype_for',
+           'MixedPrecision', 'SWA', 'item_seed', 'SetEpoch', 'AugmentOnDevice', 'CompileModel', 'StopOnSignal']
 
 # %% ../nbs/03b_callbacks.ipynb #008183a1
 METRIC_COLUMNS = ("epoch", "train_loss", "train_dice", "valid_loss", "valid_dice", "lr", "epoch_time_s", "images_per_s")
@@ -100,6 +61,16 @@ class Recorder(Callback):
                                  lr=self.lr, epoch_time_s=time.perf_counter() - self.start,
                                  images_per_s=n / max(self.train_seconds, 1e-9)))
 
+# %% ../nbs/03b_callbacks.ipynb #89676b47
+class DeviceCallback(Callback):
+    "Move the model to `device` before fitting and each batch as it comes."
+    order = -20
+    def __init__(self, device: torch.device | str): self.device = torch.device(device)
+    def before_fit(self): self.learn.model.to(self.device)
+    def before_batch(self):
+        l = self.learn
+        l.xb, l.yb = l.xb.to(self.device, non_blocking=True), l.yb.to(self.device, non_blocking=True)
+
 # %% ../nbs/03b_callbacks.ipynb #5a1bea29
 def schedule_state(scheduler) -> dict:
     "`scheduler.state_dict()` without its annealing function (rebuilt on load), so `weights_only` loading accepts it."
@@ -123,85 +94,6 @@ class GradientClip(Callback):
     order = 5
     def __init__(self, max_norm: float): self.max_norm = max_norm
     def before_step(self): nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm)
-
-# %% ../nbs/03b_callbacks.ipynb #43a17c58
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-
-def amp_mode(amp: str | bool | None) -> str:
-    "Normalise `amp` (True -> 'auto', False/None -> 'off')."
-    return "auto" if amp is True else "off" if amp is False or amp is None else str(amp).lower()
-
-def amp_dtype_for(amp: str | bool, device: torch.device) -> torch.dtype | None:
-    "The autocast dtype for `amp` on `device`, or None for plain float32 ('auto': bf16 or fp16 on CUDA, off elsewhere)."
-    mode = amp_mode(amp)
-    if mode == "off" or (mode == "auto" and device.type != "cuda"): return None
-    if mode == "auto": return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-class MixedPrecision(Callback):
-    "Forward and loss under `torch.autocast(dtype)`; float16 adds a `GradScaler` (its state is checkpointed)."
-    order = -1
-    def __init__(self, dtype: torch.dtype, device: torch.device | str):
-        self.dtype, self.device = dtype, torch.device(device)
-        self.scaler, self.autocast = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16), None
-    def before_fit(self):
-        l, scaler = self.learn, self.scaler
-        l.backward = lambda: scaler.scale(l.loss).backward()
-        l.step = lambda: (scaler.step(l.opt), scaler.update())
-    def before_batch(self):
-        self.after_loss()   # a batch without a loss (SWA's BatchNorm update) left its context open
-        self.autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype)
-        self.autocast.__enter__()
-    def after_loss(self):   # also cleanup_fit (an error between before_batch and the loss)
-        if self.autocast is not None: self.autocast.__exit__(None, None, None); self.autocast = None
-    cleanup_fit = after_loss
-    def before_step(self): self.scaler.unscale_(self.learn.opt)   # true gradients for clipping; step won't redo it
-    def state_dict(self) -> dict: return self.scaler.state_dict()
-    def load_state_dict(self, state: dict) -> None:
-        if state: self.scaler.load_state_dict(state)
-
-# %% ../nbs/03b_callbacks.ipynb #1e6c366e
-def _last_good(learn: Learner) -> str:
-    "Where the last good checkpoint is, for error messages."
-    saver = getattr(learn, "save_checkpoints", None)
-    if saver is None: return "no checkpoint is written by this learner"
-    if saver.saved_epoch is None: return "no checkpoint was written yet"
-    return f"the last good checkpoint, {saver.saved_path} (end of epoch {saver.saved_epoch}), is kept"
-
-class NonFiniteGuard(Callback):
-    "Stop with `TrainingError` when a pass's mean loss is NaN or infinite."
-    order = -25
-    def _check(self, loss: float, what: str):
-        if not math.isfinite(loss):
-            raise TrainingError(f"the {what} loss became {loss} in epoch {self.learn.epoch}: training stopped and "
-                                f"{_last_good(self.learn)}. Try a lower learning rate, gradient clipping (grad_clip=1.0) "
-                                "or amp='off'.")
-    def after_train(self): self._check(self.learn.recorder.train[0], "training")
-    def after_validate(self): self._check(self.learn.recorder.valid[0], "validation")
-
-class OutOfMemory(Callback):
-    "Replace an out-of-memory error by a `TrainingError` that names the batch and image size to lower."
-    def on_error(self):
-        l = self.learn
-        if not (isinstance(l.error, RuntimeError) and "out of memory" in str(l.error).lower()): return
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
-        n, size = (l.xb.shape[0], l.xb.shape[-1]) if hasattr(l, "xb") and hasattr(l.xb, "shape") else ("?", "?")
-        raise TrainingError(f"out of memory with batches of {n} images of {size} px: try a smaller batch size "
-                            f"(batch_size / --batch-size) or image size (image_size / --size), or amp='auto' on a GPU; "
-                            f"{_last_good(l)}.") from l.error
-
-# %% ../nbs/03b_callbacks.ipynb #10842584
-class WorkerErrors(Callback):
-    "Re-raise an error from a DataLoader worker with its own message only; a killed worker as one line naming `last.pt`."
-    def on_error(self):
-        e = self.learn.error
-        if isinstance(e, RuntimeError) and re.match(r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal)", str(e)):
-            saver = getattr(self.learn, "save_checkpoints", None)
-            last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
-            raise TrainingError(f"{str(e).splitlines()[0].rstrip('. ')}: a worker process loading the data was killed (often "
-                                "by the system when memory runs out; try num_workers=0 or a smaller batch_size)"
-                                + (f"; the run can resume from {last}" if last else ""), last) from None
-        if (clean := worker_error(e)) is not None: raise clean from None
 
 # %% ../nbs/03b_callbacks.ipynb #fc992168
 class SaveCheckpoints(Callback):
@@ -260,6 +152,189 @@ class PauseAfterEpoch(Callback):
     def after_epoch(self):
         if self.learn.epoch >= self.epoch and self.learn.epoch < self.learn.n_epochs: self.learn.stop_reason = "paused"
 
+# %% ../nbs/03b_callbacks.ipynb #3b0cd9f8
+class MetricsLogger(Callback):
+    "Append each epoch's row to `run_dir/metrics.csv` and TensorBoard (if installed)."
+    order = 60
+    TAGS = (("train_loss", "loss/train"), ("valid_loss", "loss/valid"), ("train_dice", "dice/train"),
+            ("valid_dice", "dice/valid"), ("lr", "lr"), ("epoch_time_s", "time/epoch_s"), ("images_per_s", "time/images_per_s"))
+    def __init__(self, run_dir: str | Path):
+        self.run_dir, self.writer = Path(run_dir), None
+        self.csv_path = self.run_dir / "metrics.csv"
+    def before_fit(self):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rows = self.learn.recorder.history
+        tmp = self.csv_path.with_name(".metrics.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore"); w.writeheader(); w.writerows(rows)
+        os.replace(tmp, self.csv_path)
+        try: from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e: warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard.")
+        else: self.writer = SummaryWriter(str(self.run_dir), purge_step=self.learn.epoch + 1 if self.learn.epoch else None)
+    def after_epoch(self):
+        row = self.learn.recorder.history[-1]
+        with open(self.csv_path, "a", newline="") as f: csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore").writerow(row)
+        if self.writer is not None:
+            for key, tag in self.TAGS: self.writer.add_scalar(tag, row[key], row["epoch"])
+            self.writer.flush()
+    def cleanup_fit(self):
+        if self.writer is not None: self.writer.close(); self.writer = None
+
+# %% ../nbs/03b_callbacks.ipynb #c3548e04
+def say(msg: str) -> None:
+    "Print a line without breaking progress bars."
+    tqdm.write(msg)
+
+class ProgressCallback(Callback):
+    "Progress bars for each pass (`bars`) and one printed line per epoch (`verbose`)."
+    order = 70
+    def __init__(self, bars: bool = True, verbose: bool = True): self.bars, self.verbose, self.bar = bars, verbose, None
+    def before_train(self):   # also before_validate
+        l = self.learn
+        desc = f"epoch {l.epoch}/{l.n_epochs}" if l.training else "valid"
+        if self.bars: self.bar = tqdm(total=len(l.dl), desc=desc, leave=False, unit="batch")
+    before_validate = before_train
+    def after_batch(self):
+        if self.bar is not None: self.bar.update(1)
+    def after_train(self):
+        if self.bar is not None: self.bar.close(); self.bar = None
+    after_validate = cleanup_fit = after_train
+    def after_epoch(self):
+        if not self.verbose: return
+        r, best = self.learn.recorder.history[-1], getattr(self.learn, "save_checkpoints", None)
+        star = " (best)" if best is not None and best.best_epoch == r["epoch"] else ""
+        say(f"epoch {r['epoch']}/{self.learn.n_epochs}: train loss {r['train_loss']:.4f} Dice {r['train_dice']:.4f} | "
+            f"valid loss {r['valid_loss']:.4f} Dice {r['valid_dice']:.4f}{star} | lr {r['lr']:.2e} | "
+            f"{r['epoch_time_s']:.1f}s, {r['images_per_s']:.1f} img/s")
+
+def in_notebook() -> bool:
+    "True inside a Jupyter/Colab kernel (where live plots and widget bars work)."
+    try: from IPython import get_ipython
+    except ImportError: return False
+    return "IPKernelApp" in getattr(get_ipython(), "config", {})
+
+class LivePlot(Callback):
+    "Redraw the loss and Dice curves in the notebook cell's output after each epoch."
+    order = 80
+    def __init__(self): self.fig, self.handle = None, None
+    def after_epoch(self):
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+        self.fig = plot_history(self.learn.recorder.history, self.fig)
+        if self.handle is None: self.handle = display(self.fig, display_id=True)
+        else: self.handle.update(self.fig)
+        plt.close(self.fig)
+
+class EpochFunction(Callback):
+    "Call `fn(row, history)` after each epoch."
+    order = 90
+    def __init__(self, fn: Callable[[dict, list], Any]): self.fn = fn
+    def after_epoch(self): self.fn(self.learn.recorder.history[-1], self.learn.recorder.history)
+
+# %% ../nbs/03b_callbacks.ipynb #4c5b2b4f
+class TrainingError(PetsegError):
+    "Training cannot go on: a non-finite loss, out of memory, or an empty split; `checkpoint`: a file to resume from, if any."
+    def __init__(self, message: str, checkpoint: Path | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+class TrainingInterrupted(PetsegError):
+    "Training stopped on SIGINT/SIGTERM; `checkpoint` is the file to resume from (None if none was written)."
+    def __init__(self, message: str, checkpoint: Path | None = None, signum: int | None = None):
+        super().__init__(message)
+        self.checkpoint, self.signum = checkpoint, signum
+    @property
+    def exit_code(self) -> int:
+        "The shell's convention for a process ended by a signal: 128 + signal number (130 for Ctrl-C, 143 for kill)."
+        return 128 + int(self.signum or signal.SIGINT)
+
+# %% ../nbs/03b_callbacks.ipynb #1e6c366e
+def _last_good(learn: Learner) -> str:
+    "Where the last good checkpoint is, for error messages."
+    saver = getattr(learn, "save_checkpoints", None)
+    if saver is None: return "no checkpoint is written by this learner"
+    if saver.saved_epoch is None: return "no checkpoint was written yet"
+    return f"the last good checkpoint, {saver.saved_path} (end of epoch {saver.saved_epoch}), is kept"
+
+class NonFiniteGuard(Callback):
+    "Stop with `TrainingError` when a pass's mean loss is NaN or infinite."
+    order = -25
+    def _check(self, loss: float, what: str):
+        if not math.isfinite(loss):
+            raise TrainingError(f"the {what} loss became {loss} in epoch {self.learn.epoch}: training stopped and "
+                                f"{_last_good(self.learn)}. Try a lower learning rate, gradient clipping (grad_clip=1.0) "
+                                "or amp='off'.")
+    def after_train(self): self._check(self.learn.recorder.train[0], "training")
+    def after_validate(self): self._check(self.learn.recorder.valid[0], "validation")
+
+class OutOfMemory(Callback):
+    "Replace an out-of-memory error by a `TrainingError` that names the batch and image size to lower."
+    def on_error(self):
+        l = self.learn
+        if not (isinstance(l.error, RuntimeError) and "out of memory" in str(l.error).lower()): return
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        n, size = (l.xb.shape[0], l.xb.shape[-1]) if hasattr(l, "xb") and hasattr(l.xb, "shape") else ("?", "?")
+        raise TrainingError(f"out of memory with batches of {n} images of {size} px: try a smaller batch size "
+                            f"(batch_size / --batch-size) or image size (image_size / --size), or amp='auto' on a GPU; "
+                            f"{_last_good(l)}.") from l.error
+
+# %% ../nbs/03b_callbacks.ipynb #10842584
+class WorkerErrors(Callback):
+    "Re-raise an error from a DataLoader worker with its own message only; a killed worker as one line naming `last.pt`."
+    def on_error(self):
+        e = self.learn.error
+        if isinstance(e, RuntimeError) and re.match(r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal)", str(e)):
+            saver = getattr(self.learn, "save_checkpoints", None)
+            last = saver.paths["last"] if saver is not None and saver.paths["last"].exists() else None
+            raise TrainingError(f"{str(e).splitlines()[0].rstrip('. ')}: a worker process loading the data was killed (often "
+                                "by the system when memory runs out; try num_workers=0 or a smaller batch_size)"
+                                + (f"; the run can resume from {last}" if last else ""), last) from None
+        if (clean := worker_error(e)) is not None: raise clean from None
+
+# %% ../nbs/03b_callbacks.ipynb #c1a5e1a5
+class ChannelsLast(Callback):
+    "Run the model and the image batches in the channels_last memory format."
+    order = -10
+    def before_fit(self): self.learn.model.to(memory_format=torch.channels_last)
+    def before_batch(self):
+        if self.learn.xb.dim() == 4: self.learn.xb = self.learn.xb.contiguous(memory_format=torch.channels_last)
+
+# %% ../nbs/03b_callbacks.ipynb #43a17c58
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+def amp_mode(amp: str | bool | None) -> str:
+    "Normalise `amp` (True -> 'auto', False/None -> 'off')."
+    return "auto" if amp is True else "off" if amp is False or amp is None else str(amp).lower()
+
+def amp_dtype_for(amp: str | bool, device: torch.device) -> torch.dtype | None:
+    "The autocast dtype for `amp` on `device`, or None for plain float32 ('auto': bf16 or fp16 on CUDA, off elsewhere)."
+    mode = amp_mode(amp)
+    if mode == "off" or (mode == "auto" and device.type != "cuda"): return None
+    if mode == "auto": return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+class MixedPrecision(Callback):
+    "Forward and loss under `torch.autocast(dtype)`; float16 adds a `GradScaler` (its state is checkpointed)."
+    order = -1
+    def __init__(self, dtype: torch.dtype, device: torch.device | str):
+        self.dtype, self.device = dtype, torch.device(device)
+        self.scaler, self.autocast = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16), None
+    def before_fit(self):
+        l, scaler = self.learn, self.scaler
+        l.backward = lambda: scaler.scale(l.loss).backward()
+        l.step = lambda: (scaler.step(l.opt), scaler.update())
+    def before_batch(self):
+        self.after_loss()   # a batch without a loss (SWA's BatchNorm update) left its context open
+        self.autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        self.autocast.__enter__()
+    def after_loss(self):   # also cleanup_fit (an error between before_batch and the loss)
+        if self.autocast is not None: self.autocast.__exit__(None, None, None); self.autocast = None
+    cleanup_fit = after_loss
+    def before_step(self): self.scaler.unscale_(self.learn.opt)   # true gradients for clipping; step won't redo it
+    def state_dict(self) -> dict: return self.scaler.state_dict()
+    def load_state_dict(self, state: dict) -> None:
+        if state: self.scaler.load_state_dict(state)
+
 # %% ../nbs/03b_callbacks.ipynb #316da15a
 class SWA(Callback):
     "Average the weights of epochs >= `start` (constant `swa_lr` if given); at the end fix BatchNorm, evaluate, save."
@@ -307,81 +382,6 @@ class SWA(Callback):
         if self.model is None: return {}
         return {"model": self.model.state_dict(), "schedule": schedule_state(self.schedule) if self.schedule else None}
     def load_state_dict(self, state: dict) -> None: self._state = state or None
-
-# %% ../nbs/03b_callbacks.ipynb #3b0cd9f8
-class MetricsLogger(Callback):
-    "Append each epoch's row to `run_dir/metrics.csv` and TensorBoard (if installed)."
-    order = 60
-    TAGS = (("train_loss", "loss/train"), ("valid_loss", "loss/valid"), ("train_dice", "dice/train"),
-            ("valid_dice", "dice/valid"), ("lr", "lr"), ("epoch_time_s", "time/epoch_s"), ("images_per_s", "time/images_per_s"))
-    def __init__(self, run_dir: str | Path):
-        self.run_dir, self.writer = Path(run_dir), None
-        self.csv_path = self.run_dir / "metrics.csv"
-    def before_fit(self):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        rows = self.learn.recorder.history
-        tmp = self.csv_path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore"); w.writeheader(); w.writerows(rows)
-        os.replace(tmp, self.csv_path)
-        try: from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e: warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard.")
-        else: self.writer = SummaryWriter(str(self.run_dir), purge_step=self.learn.epoch + 1 if self.learn.epoch else None)
-    def after_epoch(self):
-        row = self.learn.recorder.history[-1]
-        with open(self.csv_path, "a", newline="") as f: csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore").writerow(row)
-        if self.writer is not None:
-            for key, tag in self.TAGS: self.writer.add_scalar(tag, row[key], row["epoch"])
-            self.writer.flush()
-    def cleanup_fit(self):
-        if self.writer is not None: self.writer.close(); self.writer = None
-
-# %% ../nbs/03b_callbacks.ipynb #c3548e04
-class ProgressCallback(Callback):
-    "Progress bars for each pass (`bars`) and one printed line per epoch (`verbose`)."
-    order = 70
-    def __init__(self, bars: bool = True, verbose: bool = True): self.bars, self.verbose, self.bar = bars, verbose, None
-    def before_train(self):   # also before_validate
-        l = self.learn
-        desc = f"epoch {l.epoch}/{l.n_epochs}" if l.training else "valid"
-        if self.bars: self.bar = tqdm(total=len(l.dl), desc=desc, leave=False, unit="batch")
-    before_validate = before_train
-    def after_batch(self):
-        if self.bar is not None: self.bar.update(1)
-    def after_train(self):
-        if self.bar is not None: self.bar.close(); self.bar = None
-    after_validate = cleanup_fit = after_train
-    def after_epoch(self):
-        if not self.verbose: return
-        r, best = self.learn.recorder.history[-1], getattr(self.learn, "save_checkpoints", None)
-        star = " (best)" if best is not None and best.best_epoch == r["epoch"] else ""
-        say(f"epoch {r['epoch']}/{self.learn.n_epochs}: train loss {r['train_loss']:.4f} Dice {r['train_dice']:.4f} | "
-            f"valid loss {r['valid_loss']:.4f} Dice {r['valid_dice']:.4f}{star} | lr {r['lr']:.2e} | "
-            f"{r['epoch_time_s']:.1f}s, {r['images_per_s']:.1f} img/s")
-
-def in_notebook() -> bool:
-    "True inside a Jupyter/Colab kernel (where live plots and widget bars work)."
-    try: from IPython import get_ipython
-    except ImportError: return False
-    return "IPKernelApp" in getattr(get_ipython(), "config", {})
-
-class LivePlot(Callback):
-    "Redraw the loss and Dice curves in the notebook cell's output after each epoch."
-    order = 80
-    def __init__(self): self.fig, self.handle = None, None
-    def after_epoch(self):
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-        self.fig = plot_history(self.learn.recorder.history, self.fig)
-        if self.handle is None: self.handle = display(self.fig, display_id=True)
-        else: self.handle.update(self.fig)
-        plt.close(self.fig)
-
-class EpochFunction(Callback):
-    "Call `fn(row, history)` after each epoch."
-    order = 90
-    def __init__(self, fn: Callable[[dict, list], Any]): self.fn = fn
-    def after_epoch(self): self.fn(self.learn.recorder.history[-1], self.learn.recorder.history)
 
 # %% ../nbs/03b_callbacks.ipynb #7af4d5ce
 def item_seed(seed: int, epoch: int, index: int) -> int:

@@ -19,9 +19,9 @@ from .models import MODEL_NAMES, build_model
 
 # %% auto #0
 __all__ = ['FILE_SIGNATURES', 'MAX_IMAGE_SIZE', 'MAX_CHANNELS', 'CheckpointError', 'ConfigError', 'get_device', 'OutputError',
-           'write_atomically', 'save_checkpoint', 'remove_stale_temporaries', 'OutputExistsError', 'check_output_file',
-           'exclusive_lock', 'worker_error', 'describe_file', 'check_checkpoint', 'load_checkpoint', 'load_model_state',
-           'unwrap_model', 'model_from_checkpoint', 'get_rng_state', 'set_rng_state', 'seed_everything']
+           'write_atomically', 'save_checkpoint', 'remove_stale_temporaries', 'describe_file', 'check_checkpoint',
+           'load_checkpoint', 'load_model_state', 'unwrap_model', 'model_from_checkpoint', 'OutputExistsError',
+           'check_output_file', 'exclusive_lock', 'worker_error', 'get_rng_state', 'set_rng_state', 'seed_everything']
 
 # %% ../nbs/03a_checkpoint.ipynb #4a0004c6
 class CheckpointError(PetsegError):
@@ -90,50 +90,6 @@ def remove_stale_temporaries(folder: str | Path) -> None:
     "Delete temporary checkpoint files (`.<name>.<hex>.tmp`) that a killed process left in `folder`."
     for p in Path(folder).glob(".*.pt.*.tmp"):
         with contextlib.suppress(OSError): p.unlink()
-
-# %% ../nbs/03a_checkpoint.ipynb #61619636
-class OutputExistsError(OutputError):
-    "Writing would replace or mix with files petseg did not write (the user's images, masks or checkpoints)."
-
-def check_output_file(path: str | Path, inputs: Iterable[str | Path] = (), ours: Callable[[Path], bool] = lambda p: False,
-                      name: str = "output") -> Path:
-    "`path` if petseg may write it: not an input nor inside an input folder, and new or `ours(path)`; else `OutputExistsError`."
-    p, target = Path(path), Path(path).resolve()          # resolved: a link to an input is that input
-    for src in map(Path, inputs):
-        s = src.resolve()
-        if target == s or (s.is_dir() and s in target.parents):
-            what = "is one of the inputs" if target == s else f"is inside the input folder {src}"
-            raise OutputExistsError(f"{name} {p} {what}: writing it would destroy your data. Choose a new file elsewhere")
-    if (p.is_file() or p.is_symlink()) and not (p.is_file() and ours(p)):   # (a folder: the write itself fails, naming it)
-        raise OutputExistsError(f"{name} {p} already exists and petseg did not write it: choose a new file name "
-                                "(petseg replaces only files it wrote)")
-    return p
-
-@contextlib.contextmanager
-def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
-    "Hold an exclusive lock on the file `path` (created) for the `with` block; `OutputError(busy)` if another process holds it."
-    try: import fcntl
-    except ImportError: fcntl = None          # no POSIX locks (Windows): go on unlocked
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e: raise OutputError(f"could not write {path}: {e.strerror or e}") from e
-    try:
-        if fcntl is not None:
-            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError: raise OutputError(busy) from None
-        yield
-    finally: os.close(fd)
-
-def worker_error(e: BaseException) -> BaseException | None:
-    "A DataLoader worker's error re-raised in the main process, as its own one-line message (no worker traceback); else None."
-    text = str(e)
-    if "DataLoader worker process" not in text: return None
-    last = [l for l in text.strip().splitlines() if l.strip()][-1]   # the original error's line
-    msg = last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
-    try: return type(e)(msg)
-    except Exception: return PetsegError(msg)
 
 # %% ../nbs/03a_checkpoint.ipynb #7ffd810d
 FILE_SIGNATURES = ((b"PK\x03\x04", "a zip archive"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
@@ -252,6 +208,50 @@ def model_from_checkpoint(path_or_dict: str | Path | dict, device: str | torch.d
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise CheckpointError(f"{source} holds NaN or infinite weights (a run that diverged?): use an earlier checkpoint.")
     return model.to(get_device(device)).eval(), ckpt
+
+# %% ../nbs/03a_checkpoint.ipynb #61619636
+class OutputExistsError(OutputError):
+    "Writing would replace or mix with files petseg did not write (the user's images, masks or checkpoints)."
+
+def check_output_file(path: str | Path, inputs: Iterable[str | Path] = (), ours: Callable[[Path], bool] = lambda p: False,
+                      name: str = "output") -> Path:
+    "`path` if petseg may write it: not an input nor inside an input folder, and new or `ours(path)`; else `OutputExistsError`."
+    p, target = Path(path), Path(path).resolve()          # resolved: a link to an input is that input
+    for src in map(Path, inputs):
+        s = src.resolve()
+        if target == s or (s.is_dir() and s in target.parents):
+            what = "is one of the inputs" if target == s else f"is inside the input folder {src}"
+            raise OutputExistsError(f"{name} {p} {what}: writing it would destroy your data. Choose a new file elsewhere")
+    if (p.is_file() or p.is_symlink()) and not (p.is_file() and ours(p)):   # (a folder: the write itself fails, naming it)
+        raise OutputExistsError(f"{name} {p} already exists and petseg did not write it: choose a new file name "
+                                "(petseg replaces only files it wrote)")
+    return p
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
+    "Hold an exclusive lock on the file `path` (created) for the `with` block; `OutputError(busy)` if another process holds it."
+    try: import fcntl
+    except ImportError: fcntl = None          # no POSIX locks (Windows): go on unlocked
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e: raise OutputError(f"could not write {path}: {e.strerror or e}") from e
+    try:
+        if fcntl is not None:
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError: raise OutputError(busy) from None
+        yield
+    finally: os.close(fd)
+
+def worker_error(e: BaseException) -> BaseException | None:
+    "A DataLoader worker's error re-raised in the main process, as its own one-line message (no worker traceback); else None."
+    text = str(e)
+    if "DataLoader worker process" not in text: return None
+    last = [l for l in text.strip().splitlines() if l.strip()][-1]   # the original error's line
+    msg = last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
+    try: return type(e)(msg)
+    except Exception: return PetsegError(msg)
 
 # %% ../nbs/03a_checkpoint.ipynb #f9d69ebd
 def get_rng_state() -> dict:

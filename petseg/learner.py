@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from fastcore.basics import patch
 
-from .palette import PALETTE
+from .palette import LINE_COLORS, PALETTE
 
 # %% auto #0
 __all__ = ['EVENTS', 'ImageMaskPairs', 'plot_history', 'CancelFitException', 'Callback', 'Learner', 'LRFinder', 'LRFindResult']
@@ -224,9 +224,10 @@ class LRFindResult:
         if ax is None: _, ax = plt.subplots(figsize=(5, 3.2))
         lrs, losses = np.asarray(self.lrs), np.asarray(self.losses)
         ok = np.isfinite(losses)
-        ax.plot(lrs[ok], losses[ok], color="0.3", label="smoothed training loss")
-        for lr, mark, what in ((self.suggestion, "o", "suggestion (lr_min / 10)"), (self.steepest, "s", "steepest descent")):
-            ax.plot(lr, np.interp(np.log(lr), np.log(lrs[ok]), losses[ok]), mark, ms=8, label=f"{what}: {lr:.1e}")
+        ax.plot(lrs[ok], losses[ok], color=PALETTE["train"], label="smoothed training loss")
+        for lr, mark, color, what in ((self.suggestion, "o", LINE_COLORS[1], "suggestion (lr_min / 10)"),
+                                     (self.steepest, "s", LINE_COLORS[3], "steepest descent")):
+            ax.plot(lr, np.interp(np.log(lr), np.log(lrs[ok]), losses[ok]), mark, color=color, ms=8, label=f"{what}: {lr:.1e}")
         low, top = losses[ok].min(), losses[ok][: int(np.nanargmin(losses)) + 1].max()
         ax.set_ylim(low - 0.05 * (top - low), top + 0.3 * (top - low))   # the descent fills the panel; the blow-up leaves it
         ax.set_xscale("log"); ax.set_xlabel("learning rate (log scale)"); ax.set_ylabel("loss")

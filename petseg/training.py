@@ -5,8 +5,8 @@
 # %% ../nbs/03d_training.ipynb #10539829
 from __future__ import annotations
 
-import contextlib, copy, functools, hashlib, json, math, os, signal
-from dataclasses import asdict, dataclass, field, fields
+import contextlib, copy, hashlib, json, os, signal
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 import petseg
 from .data import (IMAGENET_MEAN, IMAGENET_STD, ImageMaskFolder, OxfordPetDataset, compute_mean_std,
                          eval_transforms, split_records, train_transforms)
-from .models import MODEL_NAMES, build_model
+from .models import build_model
 from .losses import BCEDiceLoss
 from .checkpoint import (CheckpointError, ConfigError, get_device, load_checkpoint, load_model_state,
                                seed_everything, set_rng_state)
@@ -26,157 +26,12 @@ from .learner import Callback, ImageMaskPairs, Learner, LRFindResult, plot_histo
 from .callbacks import *
 from .distributed import DistContext, DistributedTraining, init_distributed, valid_shard
 from .augment import DeviceAugment, normalize
+from .config import *   # TrainConfig, check_config, the presets: `from petseg.training import TrainConfig` works too
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'NORMALIZATIONS', 'LIMITS', 'OPTIONAL', 'WHOLE', 'STRICT_LOW', 'PRESETS', 'RUN_FILES',
-           'RUN_MARKER', 'PER_CALL_OPTIONS', 'RESUME_OVERRIDES', 'DATA_CHECKS', 'TrainConfig', 'field_help',
-           'field_section', 'check_config', 'preset_config', 'SeededItems', 'EpochSampler', 'folder_split',
-           'make_datasets', 'make_optimizer', 'make_scheduler', 'run_folder', 'clear_run', 'config_dict',
-           'resume_config', 'resumable', 'History', 'run_lock', 'FirstBatches', 'data_summary', 'check_resume_data',
-           'make_loaders', 'stop_workers', 'training_callbacks', 'train', 'build_learner', 'find_lr']
-
-# %% ../nbs/03d_training.ipynb #14f8d15a
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "onecycle", "cosine")
-NORMALIZATIONS = ("imagenet", "dataset")
-
-@dataclass
-class TrainConfig:
-    "Every option of a training run; `train(config)` runs it."
-    # data
-    data_root: str | None = None          # Oxford-IIIT Pet folder holding images/ and annotations/ (official layout)
-    images_dir: str | None = None         # or your own images (with masks_dir)
-    masks_dir: str | None = None          # your own masks, same file names, 0/255 or 0/1
-    image_size: int = 256                 # training size in pixels (32-4096)
-    augment: bool = True                  # random flips, crops, rotations and colour changes
-    normalization: str = "imagenet"       # 'imagenet' mean/std, or the training set's own ('dataset')
-    cache: bool = False                   # read images from a resized uint8 cache (built once per split and size)
-    cache_dir: str | None = None          # where the cache goes (default: <data_root>/.petseg_cache)
-    num_workers: int = 2                  # DataLoader worker processes (0: load in the main process)
-    # model
-    model: str = "unet"                   # 'unet' or 'resnet34_unet'
-    pretrained: bool = False              # ImageNet weights for the resnet34_unet encoder
-    model_kwargs: dict = field(default_factory=dict)  # other model arguments, e.g. {"features": [8, 16, 32, 64]}
-    # optimisation
-    epochs: int = 20                      # epochs to train (1-100000)
-    batch_size: int = 8                   # images per batch, per process (1-4096)
-    lr: float = 1e-3                      # peak learning rate (at most 10)
-    optimizer: str = "adamw"              # 'adam', 'adamw' or 'sgd'
-    weight_decay: float = 1e-4            # weight decay
-    momentum: float = 0.9                 # SGD momentum
-    scheduler: str = "onecycle"           # learning-rate schedule: 'none', 'onecycle' or 'cosine'
-    bce_weight: float = 1.0               # weight of the BCE term of the loss
-    dice_weight: float = 1.0              # weight of the Dice term of the loss
-    grad_clip: float | None = None        # clip the total gradient norm to this
-    patience: int | None = None           # stop after this many epochs without a better valid Dice (default off: it pairs badly with 'onecycle', lesson 03b)
-    swa_start: int | None = None          # average the weights from this epoch on (SWA; BatchNorm recomputed)
-    swa_lr: float | None = None           # constant learning rate during SWA (default: keep the schedule)
-    seed: int = 42                        # random seed (0 to 2**32 - 1)
-    max_train_batches: int | None = None  # cap the batches of each epoch (quick tries)
-    # hardware
-    device: str = "auto"                  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-    amp: str = "auto"                     # mixed precision: 'auto' (on for CUDA: bf16 where supported, else fp16), 'bf16', 'fp16', 'off'
-    channels_last: bool = False           # channels_last memory format
-    compile: bool = False                 # torch.compile the model
-    device_augment: str | bool = "auto"   # augment on the GPU ('auto': when training on CUDA)
-    sync_bn: bool = False                 # SyncBatchNorm in multi-GPU runs
-    # output
-    checkpoint_dir: str = "checkpoints"   # run folders go here: <checkpoint_dir>/<run_name>/
-    run_name: str | None = None           # the run's folder name, one plain name (default: the model name; -2, -3, ... if taken)
-    overwrite: bool = False               # replace an earlier run of that name (a folder petseg made) instead of taking the next free name
-    resume: str | None = None             # continue from this checkpoint (a run's last.pt)
-    stop_after_epoch: int | None = None   # pause, resumably, after this epoch
-    progress: bool = True                 # progress bars
-    verbose: bool = True                  # the start line and one line per epoch (warnings always print)
-    live_plot: str | bool = "auto"        # live curves ('auto': when running in a notebook)
-
-# %% ../nbs/03d_training.ipynb #f1f84ca0
-@functools.cache
-def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
-    "{field: (section, comment)} from the source of the dataclass `cls`: `# section` lines and the comment after each field."
-    import importlib, inspect, re
-    try: source = inspect.getsource(cls)
-    except (OSError, TypeError):  # defined in a notebook cell: read the exported module's copy
-        source = inspect.getsource(getattr(importlib.import_module("petseg.training"), cls.__name__))
-    docs, section = {}, ""
-    for line in source.splitlines():
-        if m := re.match(r"\s+#\s*(\w[\w ]*)$", line): section = m.group(1).strip()
-        elif m := re.match(r"\s+(\w+):.*?#\s*(.+)$", line): docs[m.group(1)] = (section, m.group(2).strip())
-    return docs
-
-def field_help(cls: type = TrainConfig) -> dict[str, str]:
-    "The comment after each field of the dataclass `cls`: the fields' documentation (the CLI's help)."
-    return {k: v[1] for k, v in _field_docs(cls).items()}
-
-def field_section(name: str, cls: type = TrainConfig) -> str:
-    "The `# section` comment above field `name` of `cls` ('data', 'model', 'optimisation', 'hardware', 'output')."
-    return _field_docs(cls)[name][0]
-
-# %% ../nbs/03d_training.ipynb #7c3283a9
-LIMITS = dict(epochs=(1, 100_000), batch_size=(1, 4096), image_size=(32, 4096), num_workers=(0, 256),
-              seed=(0, 2**32 - 1), lr=(0, 10), patience=(1, 100_000), swa_start=(1, 100_000),
-              stop_after_epoch=(1, 100_000), max_train_batches=(1, 10**9), grad_clip=(0, math.inf),
-              swa_lr=(0, 10), weight_decay=(0, 1), momentum=(0, 1), bce_weight=(0, 1000), dice_weight=(0, 1000))
-OPTIONAL = ("grad_clip", "swa_lr", "patience", "swa_start", "stop_after_epoch", "max_train_batches")
-WHOLE = ("epochs", "batch_size", "image_size", "num_workers", "seed", "patience", "swa_start", "stop_after_epoch",
-         "max_train_batches")
-STRICT_LOW = ("lr", "grad_clip", "swa_lr")   # must be > the low limit, not just >=
-
-def _check_number(cfg: TrainConfig, name: str) -> None:
-    v, (lo, hi) = getattr(cfg, name), LIMITS[name]
-    if v is None and name in OPTIONAL: return
-    whole = name in WHOLE
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (not whole or float(v).is_integer())
-    if not ok or v > hi or v < lo or (name in STRICT_LOW and v <= lo):
-        rng = f"{'>' if name in STRICT_LOW else 'from'} {lo}" + (f" to {hi}" if hi != math.inf else "")
-        raise ConfigError(f"{name}={v!r} must be {'a whole number' if whole else 'a number'} {rng}"
-                          f"{' (or None)' if name in OPTIONAL else ''}.")
-
-def check_config(cfg: TrainConfig) -> TrainConfig:
-    "Raise `ConfigError` naming the first invalid option of `cfg`; return `cfg`."
-    for name, choices in (("model", MODEL_NAMES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                          ("normalization", NORMALIZATIONS)):
-        if getattr(cfg, name) not in choices:
-            raise ConfigError(f"{name}={getattr(cfg, name)!r} is not one of {', '.join(map(repr, choices))}.")
-    if amp_mode(cfg.amp) not in AMP_MODES:
-        raise ConfigError(f"amp={cfg.amp!r} is not one of {', '.join(map(repr, AMP_MODES))} (or True/False).")
-    if cfg.device_augment not in ("auto", "on", "off", True, False):
-        raise ConfigError(f"device_augment={cfg.device_augment!r} must be 'auto', True or False.")
-    for name in LIMITS: _check_number(cfg, name)
-    if cfg.bce_weight == 0 and cfg.dice_weight == 0: raise ConfigError("bce_weight and dice_weight are both 0: nothing to learn.")
-    if cfg.swa_start is not None and cfg.swa_start > cfg.epochs:
-        raise ConfigError(f"swa_start={cfg.swa_start} is after the last epoch (epochs={cfg.epochs}).")
-    if cfg.pretrained and cfg.model != "resnet34_unet":
-        raise ConfigError(f"pretrained=True needs model='resnet34_unet' (an ImageNet encoder); {cfg.model!r} trains from scratch.")
-    if not isinstance(cfg.model_kwargs, dict) or "pretrained" in cfg.model_kwargs:
-        raise ConfigError("model_kwargs must be a dict of model arguments (set `pretrained` with its own option).")
-    feats = cfg.model_kwargs.get("features")
-    if feats is not None and (not isinstance(feats, (list, tuple)) or not 1 <= len(feats) <= 8 or
-                              not all(isinstance(c, int) and 2 <= c <= 4096 for c in feats)):
-        raise ConfigError(f"features={feats!r} must be 1 to 8 channel widths from 2 to 4096, e.g. [8, 16, 32, 64].")
-    name = cfg.run_name
-    if name is not None and (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()):
-        raise ConfigError(f"run_name={name!r} must be one plain folder name (no '/', not '.' or '..'), e.g. 'unet-small': "
-                          "the run goes into checkpoint_dir/run_name.")
-    if (cfg.images_dir is None) != (cfg.masks_dir is None):
-        raise ConfigError("images_dir and masks_dir go together: give both (your own folder) or neither (data_root).")
-    if cfg.data_root is not None and cfg.images_dir is not None:
-        raise ConfigError("give either data_root (Oxford-IIIT Pet) or images_dir + masks_dir (your folder), not both.")
-    if cfg.data_root is None and cfg.images_dir is None:
-        raise ConfigError("no data: set data_root (Oxford-IIIT Pet; `petseg download` fetches it) or images_dir + masks_dir.")
-    return cfg
-
-# %% ../nbs/03d_training.ipynb #2c5b847a
-# the course reports' run: "the full recipe, `--preset full`" (lessons, tutorials, README and CLI quote this one)
-PRESETS = {"full": dict(model="resnet34_unet", image_size=256, epochs=400, batch_size=32, lr=1e-3, optimizer="adamw",
-                        scheduler="onecycle", bce_weight=1.0, dice_weight=1.0, cache=True, amp="auto", channels_last=True)}
-
-def preset_config(name: str, **changes) -> TrainConfig:
-    "The `TrainConfig` of the preset `name` (a key of `PRESETS`) with `changes` on top; also `TrainConfig.preset`."
-    if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(map(repr, PRESETS))}.")
-    return TrainConfig(**{**PRESETS[name], **changes})
-
-TrainConfig.preset = staticmethod(preset_config)
+__all__ = ['SeededItems', 'EpochSampler', 'folder_split', 'make_datasets', 'make_optimizer', 'make_scheduler', 'History',
+           'FirstBatches', 'data_summary', 'make_loaders', 'stop_workers', 'training_callbacks', 'train',
+           'build_learner', 'find_lr']
 
 # %% ../nbs/03d_training.ipynb #89e631ff
 class SeededItems(ImageMaskPairs):
@@ -231,74 +86,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     if cfg.scheduler == "cosine": return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return None
 
-# %% ../nbs/03d_training.ipynb #0a025467
-RUN_FILES = ("best.pt", "last.pt", "swa.pt", "metrics.csv", "config.json")
-RUN_MARKER = ".petseg-run"   # in every run folder petseg makes: overwrite=True clears only folders holding it
-
-def _visible(folder: Path) -> list[str]:
-    "The names in `folder` that do not start with a dot (none if it is not a folder)."
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
-
-def run_folder(cfg: TrainConfig) -> Path:
-    "The folder of a new run: `checkpoint_dir/run_name` (default: the model), or `-2`, `-3`, ... while taken (unless overwrite)."
-    base = Path(cfg.checkpoint_dir) / (cfg.run_name or cfg.model)
-    folder, k = base, 2
-    while True:
-        if not folder.exists() or (folder.is_dir() and not _visible(folder)): return folder   # new or empty
-        ours, has_run = (folder / RUN_MARKER).is_file(), any((folder / f).exists() for f in RUN_FILES)
-        if ours and cfg.overwrite: return folder
-        if folder == base and not ours and (cfg.overwrite or not has_run):
-            held = ", ".join(_visible(folder)[:3]) or "it is a file"
-            raise ConfigError(f"{folder} is not a run folder petseg made ({held}): "
-                              f"{'overwrite replaces only run folders petseg made' if cfg.overwrite else 'a run goes into a new, empty or earlier run folder'}; "
-                              "choose another run_name or checkpoint_dir.")
-        folder, k = base.with_name(f"{base.name}-{k}"), k + 1
-
-def clear_run(folder: Path) -> None:
-    "Delete the files of an earlier run in `folder` (`overwrite=True`): checkpoints, logs and TensorBoard events."
-    for p in [folder / f for f in RUN_FILES] + list(folder.glob("events.out.tfevents.*")):
-        if p.is_file(): p.unlink()
-
-def config_dict(cfg: TrainConfig) -> dict:
-    "`cfg` as a plain dict (paths as strings) fit for a `weights_only` checkpoint and JSON."
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-
-# %% ../nbs/03d_training.ipynb #d9887138
-# options a resumed run takes from the caller, not from the checkpoint
-PER_CALL_OPTIONS = ("resume", "device", "num_workers", "progress", "verbose", "live_plot", "stop_after_epoch", "compile",
-                    "overwrite", "checkpoint_dir", "run_name")
-# options a resumed run may change when the caller sets them (anything else must match the checkpoint)
-RESUME_OVERRIDES = ("epochs", "patience", "data_root", "images_dir", "masks_dir", "cache_dir")
-
-def resume_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
-    "The config of a resumed run: the checkpoint's, with the caller's per-call options and allowed overrides."
-    known = {f.name for f in fields(TrainConfig)}
-    saved = {k: v for k, v in (ckpt.get("config") or {}).items() if k in known}
-    merged, default = TrainConfig(**saved), TrainConfig()
-    for f in fields(TrainConfig):
-        mine, theirs = getattr(cfg, f.name), getattr(merged, f.name)
-        if f.name in PER_CALL_OPTIONS: setattr(merged, f.name, mine); continue
-        if mine == getattr(default, f.name) or mine == theirs: continue
-        if f.name not in RESUME_OVERRIDES:
-            raise ConfigError(f"resume: {f.name}={mine!r} differs from the checkpoint's {theirs!r}; a resumed run keeps its "
-                              f"model, data and optimisation settings. Drop that option, or start a new run.")
-        setattr(merged, f.name, mine)
-    if merged.epochs != saved.get("epochs", merged.epochs) and merged.scheduler != "none":
-        raise ConfigError(f"resume: epochs={merged.epochs} differs from the run's {saved['epochs']}, but its "
-                          f"{merged.scheduler!r} learning-rate schedule was laid out for {saved['epochs']} epochs. "
-                          "Extend only runs with scheduler='none', or start a new run.")
-    return merged
-
-def resumable(ckpt: dict, path: Path) -> dict:
-    "`ckpt` if a run can continue from it, else `CheckpointError` naming the run's last checkpoint."
-    if ckpt.get("resumable", "optimizer_state" in ckpt) and "callbacks" in ckpt: return ckpt
-    if "optimizer_state" in ckpt:
-        raise CheckpointError(f"{path} was written by an earlier petseg (one file per run, <run>_last.pt): it evaluates and "
-                              "predicts as before, but cannot be resumed by this version. Start a new run.")
-    raise CheckpointError(f"{path} holds the model weights only (best and SWA checkpoints do; they are for evaluate and "
-                          f"predict), not the optimizer and callback states a run continues from. Resume from the "
-                          f"run's last checkpoint instead: --resume {path.with_name('last.pt')}")
-
 # %% ../nbs/03d_training.ipynb #141dc51a
 class History(list):
     "The per-epoch rows `train` returns (a list of dicts), with `run_dir`, `checkpoints`, `swa` metrics and `status`."
@@ -310,35 +97,6 @@ class History(list):
     def best(self) -> dict | None:
         "The row with the highest valid Dice."
         return max(self, key=lambda r: r["valid_dice"]) if self else None
-
-_LOCK_FDS: set[int] = set()   # the run locks this process holds
-
-def _drop_locks_in_child() -> None:
-    "A forked child (a DataLoader worker) closes its copy of the run locks: a lock ends with the process that took it."
-    for fd in _LOCK_FDS:
-        with contextlib.suppress(OSError): os.close(fd)
-    _LOCK_FDS.clear()
-
-if hasattr(os, "register_at_fork"): os.register_at_fork(after_in_child=_drop_locks_in_child)
-
-@contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
-    """Lock the run folder `folder` (`.lock`) for the `with` block, so that two processes never write into one run. The
-    lock is this process's alone: DataLoader workers that outlive a killed run do not keep it."""
-    try: import fcntl
-    except ImportError: fcntl = None          # no POSIX locks (Windows): go on unlocked
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    _LOCK_FDS.add(fd)
-    try:
-        if fcntl is not None:
-            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise ConfigError(f"another petseg process is training in {folder}: wait for it to end, or give this "
-                                  "run another name (run_name / --run-name).") from None
-        yield
-    finally:
-        _LOCK_FDS.discard(fd); os.close(fd)
 
 # %% ../nbs/03d_training.ipynb #93474049
 def _worker_init(worker_id: int) -> None:
@@ -361,21 +119,6 @@ def data_summary(cfg: TrainConfig, train_ds: Dataset, valid_ds: Dataset, batches
     source = cfg.data_root if cfg.data_root is not None else f"{cfg.images_dir} + {cfg.masks_dir}"
     return dict(train_images=len(train_ds), valid_images=len(valid_ds), batches_per_epoch=batches_per_epoch,
                 split_sha1=split, source=str(source))
-
-DATA_CHECKS = (("train_images", "train images"), ("valid_images", "validation images"), ("batches_per_epoch", "batches per epoch"))
-
-def check_resume_data(ckpt: dict, now: dict, path: str | Path, scheduled: bool = True) -> None:
-    """`ConfigError` naming what changed when the data of a resumed run are not those the checkpoint `path` was trained
-    on; the batches per epoch (they change with the number of processes) only for a run with a learning-rate schedule."""
-    saved = ckpt.get("data")
-    if not saved: return                           # written by an earlier petseg: nothing to compare with
-    checks = DATA_CHECKS if scheduled else DATA_CHECKS[:2]
-    changed = [f"{saved.get(k)} {what} then, {now[k]} now" for k, what in checks if saved.get(k) != now[k]]
-    if not changed and saved.get("split_sha1") != now["split_sha1"]: changed = ["as many images as before, but other ones"]
-    if changed:
-        raise ConfigError(f"resume: the data in {now['source']} are not those {path} was trained on ({saved.get('source')}): "
-                          f"{'; '.join(changed)}. A run resumes only on its own data (its split and learning-rate schedule "
-                          "were laid out for them): restore them, or start a new run.")
 
 def make_loaders(cfg: TrainConfig, ctx: DistContext, mean, std, device: torch.device,
                  on_device_augment: bool) -> tuple[Any, DataLoader, EpochSampler, dict]:
