@@ -6,24 +6,23 @@
 from __future__ import annotations
 
 import csv, io
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
-from torch import nn
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.patheffects import withStroke
 from fastcore.basics import patch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, OxfordPetDataset, load_mask_array, train_transforms
-from .models import count_parameters
-from .evaluate import (LoadedModel, _EvalView, dice_from_counts, eval_mode, load_models, mask_counts, predict_probs,
+from .evaluate import (LoadedModel, _EvalView, dice_from_counts, load_models, mask_counts, predict_probs,
                              upsample_probs)
 from .palette import ERROR_COLORS, ERROR_LABELS, PALETTE, mask_image, rgb
+from .summary import ModelSummary, model_summary   # re-exported: its own notebook, summary.ipynb
+_all_ = ["ModelSummary", "model_summary"]
 
 def figure_png(fig: Figure, dpi: int | None = None) -> bytes:
     "PNG bytes of a matplotlib `Figure` (at the figure's own dpi by default): how notebooks display petseg's figures."
@@ -439,82 +438,3 @@ def _sync_widget(self: SegmentationBrowser):
 
 @patch
 def _repr_mimebundle_(self: SegmentationBrowser, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
-
-# %% ../nbs/06_viz.ipynb #e0e37655
-def _shape_of(out) -> tuple | list | None:
-    "The shape of a tensor output; a list of shapes for a list or tuple of tensors; None otherwise."
-    if isinstance(out, torch.Tensor): return tuple(out.shape)
-    if isinstance(out, (list, tuple)): return [s for s in map(_shape_of, out) if s is not None] or None
-    return None
-
-def _fmt_shape(s) -> str: return "-" if s is None else ", ".join(map(_fmt_shape, s)) if isinstance(s, list) else str(s)
-
-@dataclass(repr=False)
-class ModelSummary:
-    "Parameter counts and output shapes of a model's blocks, one row per call in the order they ran (blocks that never ran last)."
-    model_name: str
-    input_shape: tuple
-    output_shape: tuple | list | None
-    rows: list[dict] = field(default_factory=list)   # keys: name, type, call (1, 2, ... for a reused block), params, shape
-    total_params: int = 0
-    trainable_params: int = 0
-
-    def table(self) -> str:
-        "The summary as a plain-text table (a reused block's parameters are counted on its first call only)."
-        head = ("block", "type", "params", "output shape")
-        body = [("(input)", "", "", _fmt_shape(self.input_shape)),
-                *[(r["name"] + (f" (call {r['call']})" if r["call"] > 1 else ""), r["type"],
-                   f"{r['params']:,}" if r["call"] <= 1 else "shared", _fmt_shape(r["shape"])) for r in self.rows],
-                ("(output)", "", "", _fmt_shape(self.output_shape))]
-        w = [max(len(str(x[i])) for x in [head, *body]) for i in range(4)]
-        line = lambda r: "  ".join(str(x).rjust(w[i]) if i == 2 else str(x).ljust(w[i]) for i, x in enumerate(r)).rstrip()
-        return "\n".join([f"{self.model_name}: {self.total_params:,} parameters ({self.trainable_params:,} trainable)",
-                          line(head), "  ".join("-" * x for x in w), *map(line, body)])
-
-    def __repr__(self): return self.table()
-
-    def plot(self, size: float = 3.2) -> Figure:
-        "Two panels: parameters per block (log scale) and the feature map's channels and height after each call."
-        fig, axes = _figure(1, 2, size); fig.set_figwidth(2.6 * size)
-        ax0, ax1 = axes[0]
-        first = [r for r in self.rows if r["call"] <= 1]
-        ax0.set_axis_on(); ax0.barh([r["name"] for r in first][::-1], [max(r["params"], 1) for r in first][::-1], color="#0072B2")
-        ax0.set_xscale("log"); ax0.set_xlabel("parameters"); ax0.tick_params(axis="y", labelsize="small")
-        ax0.set_title(f"{self.model_name}: parameters per block", fontsize="medium")
-        ran = [r for r in self.rows if isinstance(r["shape"], tuple) and len(r["shape"]) == 4]
-        ax1.set_axis_on(); ax1.set_title("feature map after each block", fontsize="medium")
-        ax1.plot([r["shape"][1] for r in ran], "o-", label="channels", color="#D55E00")
-        ax1.plot([r["shape"][2] for r in ran], "s--", label="height", color="#009E73")
-        ax1.set_yscale("log", base=2); ax1.set_xticks(range(len(ran)), [r["name"] for r in ran], rotation=70, fontsize="x-small")
-        ax1.legend(fontsize="small")
-        return fig
-
-# %% ../nbs/06_viz.ipynb #1a2e2ffa
-def _blocks(model: nn.Module, depth: int) -> list[tuple[str, nn.Module]]:
-    "Modules `depth` levels down; containers that are never called (`ModuleList`, `ModuleDict`) are opened up."
-    out = []
-    def walk(prefix: str, mod: nn.Module, level: int):
-        for n, child in mod.named_children():
-            name = f"{prefix}.{n}" if prefix else n
-            if isinstance(child, (nn.ModuleList, nn.ModuleDict)): walk(name, child, level)
-            elif level < depth and any(True for _ in child.children()): walk(name, child, level + 1)
-            else: out.append((name, child))
-    walk("", model, 1)
-    return out
-
-def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 64, 64), depth: int = 1) -> ModelSummary:
-    "Run a zero batch of `input_size` through `model` (eval mode, no gradients) with forward hooks on its blocks `depth` levels down."
-    if depth < 1: raise ValueError(f"model_summary: depth must be >= 1, got {depth}")
-    device = next(model.parameters(), torch.empty(0)).device
-    blocks, calls = _blocks(model, depth), []
-    handles = [m.register_forward_hook(lambda mod, inp, out, n=n: calls.append((n, _shape_of(out)))) for n, m in blocks]
-    try:
-        with eval_mode(model), torch.no_grad(): out = model(torch.zeros(*input_size, device=device))
-    finally:
-        for h in handles: h.remove()
-    ran = [(n, s, sum(c == n for c, _ in calls[:k + 1])) for k, (n, s) in enumerate(calls)]   # (name, shape, call number)
-    ran += [(n, None, 0) for n, _ in blocks if n not in {c for c, _ in calls}]
-    rows = [dict(name=n, type=type(m := dict(blocks)[n]).__name__, call=c, params=count_parameters(m), shape=s)
-            for n, s, c in ran]
-    return ModelSummary(type(model).__name__, tuple(input_size), _shape_of(out), rows,
-                        count_parameters(model), count_parameters(model, trainable_only=True))
