@@ -5,7 +5,7 @@
 # %% ../nbs/06_viz.ipynb #136aa190
 from __future__ import annotations
 
-import csv, io
+import csv
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -14,112 +14,23 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.patheffects import withStroke
 from fastcore.basics import patch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, OxfordPetDataset, load_mask_array, train_transforms
 from .evaluate import (LoadedModel, _EvalView, dice_from_counts, load_models, mask_counts, predict_probs,
                              upsample_probs)
 from .palette import ERROR_COLORS, ERROR_LABELS, PALETTE, mask_image, rgb
+from .figures import (TITLE_SIZE, _base, _figure, _legend, _names, _outline, _pick, _raw, figure_png,   # re-exported:
+                            register_notebook_display, to_image, to_mask)                             # figures.ipynb
 from .summary import ModelSummary, model_summary   # re-exported: its own notebook, summary.ipynb
-_all_ = ["ModelSummary", "model_summary"]
+_all_ = ["TITLE_SIZE", "figure_png", "register_notebook_display", "to_image", "to_mask", "ModelSummary", "model_summary"]
 
-def figure_png(fig: Figure, dpi: int | None = None) -> bytes:
-    "PNG bytes of a matplotlib `Figure` (at the figure's own dpi by default): how notebooks display petseg's figures."
-    fig.savefig(buf := io.BytesIO(), format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
-
-def register_notebook_display() -> bool:
-    "Have IPython show bare `Figure`s as PNG even when pyplot was never imported; `False` outside IPython."
-    try: from IPython import get_ipython
-    except ImportError: return False
-    if (shell := get_ipython()) is None: return False
-    shell.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
-    return True
-
-register_notebook_display()
 
 # %% auto #0
-__all__ = ['TITLE_SIZE', 'TRIMAP_COLORS', 'SPECIES_COLORS', 'figure_png', 'register_notebook_display', 'to_image', 'to_mask',
-           'trimap_image', 'show_batch', 'show_augmented', 'predict_items', 'error_overlay', 'error_map',
-           'plot_predictions', 'show_results', 'worst_k', 'mean_interval', 'dice_histogram', 'compare_models',
-           'SegmentationBrowser', 'browse', 'ModelSummary', 'model_summary']
-
-# %% ../nbs/06_viz.ipynb #32e37b93
-def to_image(x, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
-    "An image as displayable `uint8` `(H, W, 3)`: tensors are `(C, H, W)`, arrays `(H, W[, C])`; floats are un-normalised with `mean`/`std` when given, else taken as `[0, 1]`."
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu().numpy()
-        if x.ndim == 3: x = x.transpose(1, 2, 0)
-    x = np.asarray(x)
-    if x.ndim == 2: x = x[..., None]
-    if x.ndim != 3 or x.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"to_image: expected an image (C,H,W) tensor or (H,W[,C]) array, got shape {x.shape}")
-    x = x[..., :3]
-    if x.dtype != np.uint8:
-        x = x.astype(np.float32)
-        if mean is not None and std is not None: x = x * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-        elif x.max(initial=0) > 1.0: x = x / 255.0
-        x = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x)
-
-def to_mask(x, threshold: float = 0.5) -> np.ndarray:
-    "A mask as boolean `(H, W)`: accepts `(H, W)`, `(1, H, W)` or `(H, W, 1)` tensors/arrays of 0/1, 0/255, bools or probabilities (`> threshold`)."
-    if isinstance(x, torch.Tensor): x = x.detach().float().cpu().numpy()
-    x = np.asarray(x)
-    if x.ndim == 3 and 1 in (x.shape[0], x.shape[-1]): x = x.reshape(x.shape[1:] if x.shape[0] == 1 else x.shape[:-1])
-    if x.ndim != 2: raise ValueError(f"to_mask: expected a single (H,W) mask, got shape {x.shape}")
-    return x if x.dtype == bool else x > 127 if x.dtype == np.uint8 and x.max(initial=0) > 1 else x > threshold
-
-TITLE_SIZE = 10   # points: panel titles readable in the stored pictures (72 dpi)
-
-def _figure(nrows: int, ncols: int, size: float = 2.4, extra_h: float = 0.0) -> tuple[Figure, np.ndarray]:
-    "A constrained-layout `Figure` (not registered with pyplot) and a 2-d array of axes with the axis lines off."
-    fig = Figure(figsize=(ncols * size, nrows * size + extra_h), layout="constrained")
-    axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False))
-    for ax in axes.flat: ax.set_axis_off()
-    return fig, axes
-
-def _legend(fig: Figure, colors: Mapping[str, Sequence[int]]):
-    "A legend of colour patches, {label: RGB}, under the figure."
-    fig.legend(handles=[Patch(facecolor=np.asarray(c) / 255, edgecolor="k", label=k) for k, c in colors.items()],
-               loc="outside lower center", ncols=3, fontsize=TITLE_SIZE, frameon=False)
-
-def _outline(ax, mask, color: str = PALETTE["pet"]):
-    "Draw the outline of a binary mask on `ax` in `color` with a white ring (visible on orange cats and black dogs alike)."
-    m = to_mask(mask).astype(float)
-    if 0 < m.mean() < 1:
-        ax.contour(m, levels=[0.5], colors=[color], linewidths=1.5, path_effects=[withStroke(linewidth=3.5, foreground=PALETTE["halo"])])
-
-def _pick(ds, idxs: Sequence[int] | None, n: int, seed: int | None) -> list[int]:
-    "The indices to show: `idxs` checked, else the first `n` items, or `n` random ones with `seed`."
-    if idxs is not None:
-        bad = [i for i in idxs if not -len(ds) <= int(i) < len(ds)]
-        if bad: raise IndexError(f"indices {bad} are out of range for a dataset of {len(ds)} items")
-        return [int(i) % len(ds) for i in idxs]
-    if len(ds) == 0: raise ValueError("the dataset is empty: nothing to show")
-    n = min(n, len(ds))
-    return list(range(n)) if seed is None else sorted(np.random.default_rng(seed).choice(len(ds), n, replace=False).tolist())
-
-def _base(ds, i: int):
-    "The dataset and index under (nested) torch `Subset`s: what item `i` of `ds` really is."
-    while isinstance(ds, torch.utils.data.Subset): ds, i = ds.dataset, int(ds.indices[i])
-    return ds, i
-
-def _names(ds) -> list[str] | None:
-    "The item names of a dataset (or of a `Subset` of one), None when it has none."
-    return [getattr(b, "names")[j] for b, j in (_base(ds, i) for i in range(len(ds)))] if hasattr(_base(ds, 0)[0], "names") else None
-
-def _raw(ds, i: int) -> tuple[np.ndarray, np.ndarray, str]:
-    "Untransformed uint8 image, {0,1} mask and 'name (species)' title of item `i` (`ds.load` when the dataset has it)."
-    ds, i = _base(ds, i)
-    if hasattr(ds, "load"): img, mask = ds.load(i)
-    else: item = ds[i]; img, mask = item["image"], item["mask"]
-    if isinstance(img, torch.Tensor) or np.asarray(img).dtype != np.uint8:
-        raise TypeError(f"{type(ds).__name__} gives transformed items and has no `load`: give a dataset without a transform")
-    name = ds.names[i] if hasattr(ds, "names") else str(i)
-    sp = ds.species(i) if callable(getattr(ds, "species", None)) else ""
-    return np.asarray(img), to_mask(mask).astype(np.uint8), f"{name} ({sp})" if sp else name
+__all__ = ['TRIMAP_COLORS', 'SPECIES_COLORS', 'trimap_image', 'show_batch', 'show_augmented', 'predict_items', 'error_overlay',
+           'error_map', 'plot_predictions', 'show_results', 'worst_k', 'mean_interval', 'dice_histogram',
+           'compare_models', 'SegmentationBrowser', 'browse', 'TITLE_SIZE', 'figure_png', 'register_notebook_display',
+           'to_image', 'to_mask', 'ModelSummary', 'model_summary']
 
 # %% ../nbs/06_viz.ipynb #934d35c7
 TRIMAP_COLORS = {v: (name, rgb(name)) for v, name in ((1, "pet"), (2, "background"), (3, "border"))}   # petseg.palette
