@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse, contextlib, dataclasses, json, os, re, shlex, signal, sys, threading, time, warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import torch
 
 import petseg
+from .argtypes import (UsageError, _arg_type, bounded_int, nonneg_int, out_dir, out_file, positive_int,
+                             readable_dir, readable_file, readable_path, unit_interval)   # re-exported
 from .data import PetsegError, download_oxford_pet, make_synthetic_pets, read_split
 from .checkpoint import OutputError, check_output_file, write_atomically
 from .evaluate import SIZE_LIMITS, evaluate, evaluate_wrote, evaluation_inputs, write_rows_csv
@@ -20,62 +22,13 @@ from .models import MODEL_NAMES
 from .training import (AMP_MODES, NORMALIZATIONS, OPTIMIZERS, SCHEDULERS, ConfigError, TrainConfig, TrainingInterrupted,
                              PRESETS, check_config, field_help, field_section, find_lr, preset_config, train)
 
+_all_ = ["UsageError", "positive_int", "nonneg_int", "unit_interval", "bounded_int", "readable_path", "readable_file", "readable_dir", "out_dir", "out_file"]
+
 # %% auto #0
-__all__ = ['positive_int', 'nonneg_int', 'unit_interval', 'TRAIN_FLAG_ALIASES', 'TRAIN_CHOICES', 'TRAIN_TYPES', 'NOT_FLAGS',
-           'DEMO', 'DEMO_MARKER', 'PLOT_FORMATS', 'DATA_ROOT', 'DATA_ROOT_FLAGS', 'FLAG_OF', 'UsageError',
-           'bounded_int', 'readable_path', 'readable_file', 'readable_dir', 'out_dir', 'out_file',
-           'train_config_from_args', 'run_demo', 'build_parser', 'in_flag_words', 'Terminated', 'main']
-
-# %% ../nbs/07_cli.ipynb #3acadce5
-class UsageError(Exception):
-    "A bad command line found after parsing (reported like an argparse error: one line, exit code 2)."
-
-def _arg_type(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
-    "An argparse type: `convert(s)` when that works and `ok` accepts it, else the usage error 'expected <what>, got <s>'."
-    def parse(s: str):
-        try: v = convert(s)
-        except ValueError: v = None
-        if v is None or not ok(v): raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
-        return v
-    return parse
-
-positive_int = _arg_type(int, lambda v: v > 0, "a positive integer")
-nonneg_int = _arg_type(int, lambda v: v >= 0, "an integer >= 0")
-
-def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
-    "An argparse type: an integer from `lo` to `hi`, both included (state the limits in the flag's help too)."
-    return _arg_type(int, lambda v: lo <= v <= hi, f"an integer from {lo} to {hi}")
-
-unit_interval = _arg_type(float, lambda v: 0 < v < 1, "a probability strictly between 0 and 1")   # NaN fails too
-
-def readable_path(s: str, kind: str = "file or folder") -> Path:
-    "An argparse type: an existing, readable `kind` ('file', 'folder', or either)."
-    p = Path(s).expanduser()
-    if not p.exists(): raise argparse.ArgumentTypeError(f"{s}: no such {'file' if kind == 'file' else 'file or folder'}")
-    if kind != "file or folder" and not (p.is_file() if kind == "file" else p.is_dir()):
-        raise argparse.ArgumentTypeError(f"{s}: is not a {kind}")
-    if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
-        raise argparse.ArgumentTypeError(f"{s}: permission denied (not readable)")
-    return p
-
-def readable_file(s: str) -> Path: return readable_path(s, "file")
-def readable_dir(s: str) -> Path: return readable_path(s, "folder")
-
-def out_dir(s: str) -> Path:
-    "An argparse type: a folder to write into (may not exist yet; must not be a file)."
-    p = Path(s).expanduser()
-    if p.exists() and not p.is_dir(): raise argparse.ArgumentTypeError(f"{s} exists and is a file, not a folder")
-    parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
-    if not parent.is_dir(): raise argparse.ArgumentTypeError(f"{s}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK): raise argparse.ArgumentTypeError(f"{s}: {parent} is not writable")
-    return p
-
-def out_file(s: str) -> Path:
-    "An argparse type: a file to write (its folder may not exist yet; must not be a folder)."
-    p = Path(s).expanduser()
-    if p.is_dir(): raise argparse.ArgumentTypeError(f"{s} is a folder: give a file name")
-    out_dir(str(p.parent))
-    return p
+__all__ = ['TRAIN_FLAG_ALIASES', 'TRAIN_CHOICES', 'TRAIN_TYPES', 'NOT_FLAGS', 'DEMO', 'DEMO_MARKER', 'PLOT_FORMATS', 'DATA_ROOT',
+           'DATA_ROOT_FLAGS', 'FLAG_OF', 'train_config_from_args', 'run_demo', 'build_parser', 'in_flag_words',
+           'Terminated', 'main', 'UsageError', 'positive_int', 'nonneg_int', 'unit_interval', 'bounded_int',
+           'readable_path', 'readable_file', 'readable_dir', 'out_dir', 'out_file']
 
 # %% ../nbs/07_cli.ipynb #2a18c349
 _features = _arg_type(lambda s: tuple(int(x) for x in s.replace(" ", "").split(",") if x), lambda v: v and min(v) >= 1,

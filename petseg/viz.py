@@ -5,122 +5,32 @@
 # %% ../nbs/06_viz.ipynb #136aa190
 from __future__ import annotations
 
-import csv, io
-from dataclasses import dataclass, field
+import csv
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
-from torch import nn
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.patheffects import withStroke
 from fastcore.basics import patch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, OxfordPetDataset, load_mask_array, train_transforms
-from .models import count_parameters
-from .evaluate import (LoadedModel, _EvalView, dice_from_counts, eval_mode, load_models, mask_counts, predict_probs,
+from .evaluate import (LoadedModel, _EvalView, dice_from_counts, load_models, mask_counts, predict_probs,
                              upsample_probs)
 from .palette import ERROR_COLORS, ERROR_LABELS, PALETTE, mask_image, rgb
+from .figures import (TITLE_SIZE, _base, _figure, _legend, _names, _outline, _pick, _raw, figure_png,   # re-exported:
+                            register_notebook_display, to_image, to_mask)                             # figures.ipynb
+from .summary import ModelSummary, model_summary   # re-exported: its own notebook, summary.ipynb
+_all_ = ["TITLE_SIZE", "figure_png", "register_notebook_display", "to_image", "to_mask", "ModelSummary", "model_summary"]
 
-def figure_png(fig: Figure, dpi: int | None = None) -> bytes:
-    "PNG bytes of a matplotlib `Figure` (at the figure's own dpi by default): how notebooks display petseg's figures."
-    fig.savefig(buf := io.BytesIO(), format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
-
-def register_notebook_display() -> bool:
-    "Have IPython show bare `Figure`s as PNG even when pyplot was never imported; `False` outside IPython."
-    try: from IPython import get_ipython
-    except ImportError: return False
-    if (shell := get_ipython()) is None: return False
-    shell.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
-    return True
-
-register_notebook_display()
 
 # %% auto #0
-__all__ = ['TITLE_SIZE', 'TRIMAP_COLORS', 'SPECIES_COLORS', 'figure_png', 'register_notebook_display', 'to_image', 'to_mask',
-           'trimap_image', 'show_batch', 'show_augmented', 'predict_items', 'error_overlay', 'error_map',
-           'plot_predictions', 'show_results', 'worst_k', 'mean_interval', 'dice_histogram', 'compare_models',
-           'SegmentationBrowser', 'browse', 'ModelSummary', 'model_summary']
-
-# %% ../nbs/06_viz.ipynb #32e37b93
-def to_image(x, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
-    "An image as displayable `uint8` `(H, W, 3)`: tensors are `(C, H, W)`, arrays `(H, W[, C])`; floats are un-normalised with `mean`/`std` when given, else taken as `[0, 1]`."
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu().numpy()
-        if x.ndim == 3: x = x.transpose(1, 2, 0)
-    x = np.asarray(x)
-    if x.ndim == 2: x = x[..., None]
-    if x.ndim != 3 or x.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"to_image: expected an image (C,H,W) tensor or (H,W[,C]) array, got shape {x.shape}")
-    x = x[..., :3]
-    if x.dtype != np.uint8:
-        x = x.astype(np.float32)
-        if mean is not None and std is not None: x = x * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-        elif x.max(initial=0) > 1.0: x = x / 255.0
-        x = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x)
-
-def to_mask(x, threshold: float = 0.5) -> np.ndarray:
-    "A mask as boolean `(H, W)`: accepts `(H, W)`, `(1, H, W)` or `(H, W, 1)` tensors/arrays of 0/1, 0/255, bools or probabilities (`> threshold`)."
-    if isinstance(x, torch.Tensor): x = x.detach().float().cpu().numpy()
-    x = np.asarray(x)
-    if x.ndim == 3 and 1 in (x.shape[0], x.shape[-1]): x = x.reshape(x.shape[1:] if x.shape[0] == 1 else x.shape[:-1])
-    if x.ndim != 2: raise ValueError(f"to_mask: expected a single (H,W) mask, got shape {x.shape}")
-    return x if x.dtype == bool else x > 127 if x.dtype == np.uint8 and x.max(initial=0) > 1 else x > threshold
-
-TITLE_SIZE = 10   # points: panel titles readable in the stored pictures (72 dpi)
-
-def _figure(nrows: int, ncols: int, size: float = 2.4, extra_h: float = 0.0) -> tuple[Figure, np.ndarray]:
-    "A constrained-layout `Figure` (not registered with pyplot) and a 2-d array of axes with the axis lines off."
-    fig = Figure(figsize=(ncols * size, nrows * size + extra_h), layout="constrained")
-    axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False))
-    for ax in axes.flat: ax.set_axis_off()
-    return fig, axes
-
-def _legend(fig: Figure, colors: Mapping[str, Sequence[int]]):
-    "A legend of colour patches, {label: RGB}, under the figure."
-    fig.legend(handles=[Patch(facecolor=np.asarray(c) / 255, edgecolor="k", label=k) for k, c in colors.items()],
-               loc="outside lower center", ncols=3, fontsize=TITLE_SIZE, frameon=False)
-
-def _outline(ax, mask, color: str = PALETTE["pet"]):
-    "Draw the outline of a binary mask on `ax` in `color` with a white ring (visible on orange cats and black dogs alike)."
-    m = to_mask(mask).astype(float)
-    if 0 < m.mean() < 1:
-        ax.contour(m, levels=[0.5], colors=[color], linewidths=1.5, path_effects=[withStroke(linewidth=3.5, foreground=PALETTE["halo"])])
-
-def _pick(ds, idxs: Sequence[int] | None, n: int, seed: int | None) -> list[int]:
-    "The indices to show: `idxs` checked, else the first `n` items, or `n` random ones with `seed`."
-    if idxs is not None:
-        bad = [i for i in idxs if not -len(ds) <= int(i) < len(ds)]
-        if bad: raise IndexError(f"indices {bad} are out of range for a dataset of {len(ds)} items")
-        return [int(i) % len(ds) for i in idxs]
-    if len(ds) == 0: raise ValueError("the dataset is empty: nothing to show")
-    n = min(n, len(ds))
-    return list(range(n)) if seed is None else sorted(np.random.default_rng(seed).choice(len(ds), n, replace=False).tolist())
-
-def _base(ds, i: int):
-    "The dataset and index under (nested) torch `Subset`s: what item `i` of `ds` really is."
-    while isinstance(ds, torch.utils.data.Subset): ds, i = ds.dataset, int(ds.indices[i])
-    return ds, i
-
-def _names(ds) -> list[str] | None:
-    "The item names of a dataset (or of a `Subset` of one), None when it has none."
-    return [getattr(b, "names")[j] for b, j in (_base(ds, i) for i in range(len(ds)))] if hasattr(_base(ds, 0)[0], "names") else None
-
-def _raw(ds, i: int) -> tuple[np.ndarray, np.ndarray, str]:
-    "Untransformed uint8 image, {0,1} mask and 'name (species)' title of item `i` (`ds.load` when the dataset has it)."
-    ds, i = _base(ds, i)
-    if hasattr(ds, "load"): img, mask = ds.load(i)
-    else: item = ds[i]; img, mask = item["image"], item["mask"]
-    if isinstance(img, torch.Tensor) or np.asarray(img).dtype != np.uint8:
-        raise TypeError(f"{type(ds).__name__} gives transformed items and has no `load`: give a dataset without a transform")
-    name = ds.names[i] if hasattr(ds, "names") else str(i)
-    sp = ds.species(i) if callable(getattr(ds, "species", None)) else ""
-    return np.asarray(img), to_mask(mask).astype(np.uint8), f"{name} ({sp})" if sp else name
+__all__ = ['TRIMAP_COLORS', 'SPECIES_COLORS', 'trimap_image', 'show_batch', 'show_augmented', 'predict_items', 'error_overlay',
+           'error_map', 'plot_predictions', 'show_results', 'worst_k', 'mean_interval', 'dice_histogram',
+           'compare_models', 'SegmentationBrowser', 'browse', 'TITLE_SIZE', 'figure_png', 'register_notebook_display',
+           'to_image', 'to_mask', 'ModelSummary', 'model_summary']
 
 # %% ../nbs/06_viz.ipynb #934d35c7
 TRIMAP_COLORS = {v: (name, rgb(name)) for v, name in ((1, "pet"), (2, "background"), (3, "border"))}   # petseg.palette
@@ -439,82 +349,3 @@ def _sync_widget(self: SegmentationBrowser):
 
 @patch
 def _repr_mimebundle_(self: SegmentationBrowser, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
-
-# %% ../nbs/06_viz.ipynb #e0e37655
-def _shape_of(out) -> tuple | list | None:
-    "The shape of a tensor output; a list of shapes for a list or tuple of tensors; None otherwise."
-    if isinstance(out, torch.Tensor): return tuple(out.shape)
-    if isinstance(out, (list, tuple)): return [s for s in map(_shape_of, out) if s is not None] or None
-    return None
-
-def _fmt_shape(s) -> str: return "-" if s is None else ", ".join(map(_fmt_shape, s)) if isinstance(s, list) else str(s)
-
-@dataclass(repr=False)
-class ModelSummary:
-    "Parameter counts and output shapes of a model's blocks, one row per call in the order they ran (blocks that never ran last)."
-    model_name: str
-    input_shape: tuple
-    output_shape: tuple | list | None
-    rows: list[dict] = field(default_factory=list)   # keys: name, type, call (1, 2, ... for a reused block), params, shape
-    total_params: int = 0
-    trainable_params: int = 0
-
-    def table(self) -> str:
-        "The summary as a plain-text table (a reused block's parameters are counted on its first call only)."
-        head = ("block", "type", "params", "output shape")
-        body = [("(input)", "", "", _fmt_shape(self.input_shape)),
-                *[(r["name"] + (f" (call {r['call']})" if r["call"] > 1 else ""), r["type"],
-                   f"{r['params']:,}" if r["call"] <= 1 else "shared", _fmt_shape(r["shape"])) for r in self.rows],
-                ("(output)", "", "", _fmt_shape(self.output_shape))]
-        w = [max(len(str(x[i])) for x in [head, *body]) for i in range(4)]
-        line = lambda r: "  ".join(str(x).rjust(w[i]) if i == 2 else str(x).ljust(w[i]) for i, x in enumerate(r)).rstrip()
-        return "\n".join([f"{self.model_name}: {self.total_params:,} parameters ({self.trainable_params:,} trainable)",
-                          line(head), "  ".join("-" * x for x in w), *map(line, body)])
-
-    def __repr__(self): return self.table()
-
-    def plot(self, size: float = 3.2) -> Figure:
-        "Two panels: parameters per block (log scale) and the feature map's channels and height after each call."
-        fig, axes = _figure(1, 2, size); fig.set_figwidth(2.6 * size)
-        ax0, ax1 = axes[0]
-        first = [r for r in self.rows if r["call"] <= 1]
-        ax0.set_axis_on(); ax0.barh([r["name"] for r in first][::-1], [max(r["params"], 1) for r in first][::-1], color="#0072B2")
-        ax0.set_xscale("log"); ax0.set_xlabel("parameters"); ax0.tick_params(axis="y", labelsize="small")
-        ax0.set_title(f"{self.model_name}: parameters per block", fontsize="medium")
-        ran = [r for r in self.rows if isinstance(r["shape"], tuple) and len(r["shape"]) == 4]
-        ax1.set_axis_on(); ax1.set_title("feature map after each block", fontsize="medium")
-        ax1.plot([r["shape"][1] for r in ran], "o-", label="channels", color="#D55E00")
-        ax1.plot([r["shape"][2] for r in ran], "s--", label="height", color="#009E73")
-        ax1.set_yscale("log", base=2); ax1.set_xticks(range(len(ran)), [r["name"] for r in ran], rotation=70, fontsize="x-small")
-        ax1.legend(fontsize="small")
-        return fig
-
-# %% ../nbs/06_viz.ipynb #1a2e2ffa
-def _blocks(model: nn.Module, depth: int) -> list[tuple[str, nn.Module]]:
-    "Modules `depth` levels down; containers that are never called (`ModuleList`, `ModuleDict`) are opened up."
-    out = []
-    def walk(prefix: str, mod: nn.Module, level: int):
-        for n, child in mod.named_children():
-            name = f"{prefix}.{n}" if prefix else n
-            if isinstance(child, (nn.ModuleList, nn.ModuleDict)): walk(name, child, level)
-            elif level < depth and any(True for _ in child.children()): walk(name, child, level + 1)
-            else: out.append((name, child))
-    walk("", model, 1)
-    return out
-
-def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 64, 64), depth: int = 1) -> ModelSummary:
-    "Run a zero batch of `input_size` through `model` (eval mode, no gradients) with forward hooks on its blocks `depth` levels down."
-    if depth < 1: raise ValueError(f"model_summary: depth must be >= 1, got {depth}")
-    device = next(model.parameters(), torch.empty(0)).device
-    blocks, calls = _blocks(model, depth), []
-    handles = [m.register_forward_hook(lambda mod, inp, out, n=n: calls.append((n, _shape_of(out)))) for n, m in blocks]
-    try:
-        with eval_mode(model), torch.no_grad(): out = model(torch.zeros(*input_size, device=device))
-    finally:
-        for h in handles: h.remove()
-    ran = [(n, s, sum(c == n for c, _ in calls[:k + 1])) for k, (n, s) in enumerate(calls)]   # (name, shape, call number)
-    ran += [(n, None, 0) for n, _ in blocks if n not in {c for c, _ in calls}]
-    rows = [dict(name=n, type=type(m := dict(blocks)[n]).__name__, call=c, params=count_parameters(m), shape=s)
-            for n, s, c in ran]
-    return ModelSummary(type(model).__name__, tuple(input_size), _shape_of(out), rows,
-                        count_parameters(model), count_parameters(model, trainable_only=True))
