@@ -11,11 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import albumentations as A
-import cv2
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
@@ -24,7 +21,7 @@ __all__ = ['ATTRIBUTION', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_EXTS
            'ImageReadError', 'DownloadError', 'ChecksumError', 'SkippedFilesWarning', 'breed_of', 'species_of',
            'PetRecord', 'parse_record', 'check_root', 'split_records', 'read_split', 'course_subset',
            'LargeImageWarning', 'load_rgb', 'load_mask_array', 'trimap_to_mask', 'binary_mask', 'probe_image',
-           'OxfordPetDataset', 'train_transforms', 'eval_transforms', 'compute_mean_std', 'ImageMaskFolder']
+           'OxfordPetDataset', 'compute_mean_std', 'ImageMaskFolder']
 
 # %% ../nbs/00_data.ipynb #eb6b0c9f
 # The errors petseg raises on purpose (explained under the hood, at the end of the lesson).
@@ -366,25 +363,8 @@ class OxfordPetDataset(Dataset):
                (f", cached at {self.cache_size}px)" if self.cache_size else ")")
 
 # %% ../nbs/00_data.ipynb #7e410a7e
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)          # ImageNet's per-channel statistics: what pretrained encoders expect
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-def train_transforms(size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
-    "The training augmentation: resize, flip, random resized crop, affine, colour jitter, normalise, to tensor."
-    return A.Compose([
-        A.Resize(size, size),
-        A.HorizontalFlip(p=0.5),
-        A.RandomResizedCrop(size=(size, size), scale=(0.8, 1.0), p=0.5),
-        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-30, 30),
-                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5),
-        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
-        A.Normalize(mean=mean, std=std),
-        ToTensorV2(),
-    ])
-
-def eval_transforms(size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
-    "Evaluation transform: resize, normalise, to tensor."
-    return A.Compose([A.Resize(size, size), A.Normalize(mean=mean, std=std), ToTensorV2()])
 
 # %% ../nbs/00_data.ipynb #ce5815f5
 def compute_mean_std(dataset, max_items: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -491,7 +471,8 @@ class ImageMaskFolder(Dataset):
 _MOVED = {"download": ("DOWNLOAD_ROOT", "SAMPLE_ROOT", "PETS_URL", "ARCHIVES", "course_data", "default_data_root",
                        "data_url", "archive_md5s", "file_md5", "download_file", "download_oxford_pet", "make_archives"),
           "synthetic": ("BREEDS", "LIST_HEADER", "SYNTHETIC_PETS", "breed_ids", "make_synthetic_pets"),
-          "cache": ("CACHE_VERSION", "resize_pair", "cached_arrays")}
+          "cache": ("CACHE_VERSION", "resize_pair", "cached_arrays"),
+          "augment": ("train_transforms", "eval_transforms")}
 
 def __getattr__(name: str):
     "A name that moved to a later module (`_MOVED`), imported from there on first use (PEP 562)."
