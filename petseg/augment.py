@@ -8,13 +8,35 @@ from __future__ import annotations
 import functools, math
 from dataclasses import dataclass
 
+import albumentations as A
+import cv2
 import torch
 import torch.nn.functional as F
+from albumentations.pytorch import ToTensorV2
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto #0
-__all__ = ['AugmentRecipe', 'geometry_lookup', 'frame_coverage', 'color_jitter', 'DeviceAugment', 'normalize']
+__all__ = ['train_transforms', 'eval_transforms', 'AugmentRecipe', 'geometry_lookup', 'frame_coverage', 'color_jitter',
+           'DeviceAugment', 'normalize']
+
+# %% ../nbs/00a_augment.ipynb #5eee3fb9
+def train_transforms(size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
+    "The training augmentation: resize, flip, random resized crop, affine, colour jitter, normalise, to tensor."
+    return A.Compose([
+        A.Resize(size, size),
+        A.HorizontalFlip(p=0.5),
+        A.RandomResizedCrop(size=(size, size), scale=(0.8, 1.0), p=0.5),
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-30, 30),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5),
+        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
+        A.Normalize(mean=mean, std=std),
+        ToTensorV2(),
+    ])
+
+def eval_transforms(size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
+    "Evaluation transform: resize, normalise, to tensor."
+    return A.Compose([A.Resize(size, size), A.Normalize(mean=mean, std=std), ToTensorV2()])
 
 # %% ../nbs/00a_augment.ipynb #57f28d5e
 @dataclass(frozen=True)

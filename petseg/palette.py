@@ -42,5 +42,28 @@ def outline(mask) -> np.ndarray:
     m = np.asarray(mask).astype(bool); p = np.pad(m, 1)
     return m & ~(p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:])
 
+TRIMAP_CLASSES: dict[int, str] = {1: "pet", 2: "background", 3: "border"}   # a trimap's values and their colours
+
+def trimap_colors(trimap) -> np.ndarray:
+    "A trimap (1 pet, 2 background, 3 border) as an RGB `uint8` picture in the palette's colours (other values white)."
+    t = np.asarray(trimap)
+    out = np.full((*t.shape, 3), 255, np.uint8)
+    for v, name in TRIMAP_CLASSES.items(): out[t == v] = rgb(name)
+    return out
+
+def draw_outline(ax, mask, color: str = "pet", width: float = 1.5):
+    "Draw a binary mask's outline on matplotlib `ax` in `color` (a PALETTE name) with a white `halo` ring around it."
+    from matplotlib.patheffects import withStroke
+    m = np.asarray(mask, dtype=float).squeeze()
+    if 0 < m.mean() < 1:
+        ax.contour(m, levels=[0.5], colors=[PALETTE.get(color, color)], linewidths=width,
+                   path_effects=[withStroke(linewidth=width + 2, foreground=PALETTE["halo"])])
+
+def probability_cmap():
+    "A matplotlib colormap for a pet probability: 0 in the background colour, 1 in the pet colour."
+    from matplotlib.colors import LinearSegmentedColormap
+    return LinearSegmentedColormap.from_list("petseg_probability", [PALETTE["background"], PALETTE["pet"]])
+
 # %% auto #0
-__all__ = ['PALETTE', 'LINE_COLORS', 'ERROR_LABELS', 'ERROR_COLORS', 'rgb', 'mask_image', 'outline']
+__all__ = ['PALETTE', 'LINE_COLORS', 'ERROR_LABELS', 'ERROR_COLORS', 'TRIMAP_CLASSES', 'rgb', 'mask_image', 'outline',
+           'trimap_colors', 'draw_outline', 'probability_cmap']
