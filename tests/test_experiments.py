@@ -1,25 +1,35 @@
-"""experiments/run.py at its smoke size: one row appended to the CSV, with the command that produced it."""
+"""The experiments' runner (petseg.experiments, wrapped by experiments/run.py) at its smoke size, and the shipped CSV."""
 from __future__ import annotations
 
-import csv, importlib.util
+import csv, subprocess, sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "run.py"
+from petseg.experiments import EXPERIMENTS, RESULTS_CSV, load_results, main, variant_rows
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("experiments_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_row_appends_to_the_csv(tmp_path, capsys):
-    run = load_script()
+def test_smoke_row_appends_to_the_csv(tmp_path):
     out = tmp_path / "results.csv"
     for row in ("batch:1-bn", "memory:keep-loss"):
-        assert run.main([row, "--smoke", "--seed", "1", "--csv", str(out)]) == 0
+        assert main([row, "--smoke", "--seed", "1", "--csv", str(out)])["variant"] == row.split(":")[1]
     rows = list(csv.DictReader(out.open()))
     assert [(r["experiment"], r["variant"], r["seed"]) for r in rows] == [("batch", "1-bn", "1"), ("memory", "keep-loss", "1")]
     assert rows[0]["command"] == f"python experiments/run.py batch:1-bn --smoke --seed 1 --csv {out}"
     assert 0 <= float(rows[0]["test_dice"]) <= 1 and 0 <= float(rows[0]["test_dice_batch_stats"]) <= 1
     assert float(rows[1]["loop_rss_growth_mb"]) >= 0 and rows[1]["epochs"] == "4 steps"
+
+
+def test_the_script_lists_every_row():
+    listed = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "--list"], capture_output=True,
+                            text=True, check=True, cwd=ROOT).stdout.split()
+    assert listed == [f"{e}:{v}" for e, vs in EXPERIMENTS.items() for v in vs]
+
+
+def test_the_shipped_csv_names_known_rows_with_their_commands():
+    rows = load_results()
+    assert RESULTS_CSV.is_file() and len(rows) >= 16
+    for r in rows:
+        assert r["variant"] in EXPERIMENTS[r["experiment"]], r
+        assert r["command"].startswith(f"python experiments/run.py {r['experiment']}:{r['variant']}"), r
+    assert variant_rows(rows, "aug")["on"] == variant_rows(rows, "lr")["1e-3"]   # borrowed, not copied
