@@ -45,6 +45,7 @@ TRAIN_FLAG_ALIASES = {"data_root": ["--data-path", "--data_path"], "image_size":
 TRAIN_CHOICES = dict(model=MODEL_NAMES, optimizer=OPTIMIZERS, scheduler=SCHEDULERS, normalization=NORMALIZATIONS,
                      amp=AMP_MODES, device_augment=("auto", "on", "off"))
 TRAIN_TYPES = dict(images_dir=readable_dir, masks_dir=readable_dir, checkpoint_dir=out_dir, resume=readable_file,
+                   init_from=readable_file,
                    model_kwargs=_json_dict)
 NOT_FLAGS = ("progress", "verbose", "live_plot")   # set by --quiet; live plots are for notebooks
 

@@ -43,6 +43,7 @@ class TrainConfig:
     # model
     model: str = "unet"                   # 'unet' or 'resnet34_unet'
     pretrained: bool = False              # ImageNet weights for the resnet34_unet encoder
+    init_from: str | None = None          # start from this checkpoint's model weights (a run at a smaller size, or a model to fine-tune); new optimizer and schedule
     model_kwargs: dict = field(default_factory=dict)  # other model arguments, e.g. {"features": [8, 16, 32, 64]}
     # optimisation
     epochs: int = 20                      # epochs to train (1-100000)
@@ -128,6 +129,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"swa_start={cfg.swa_start} is after the last epoch (epochs={cfg.epochs}).")
     if cfg.pretrained and cfg.model != "resnet34_unet":
         raise ConfigError(f"pretrained=True needs model='resnet34_unet' (an ImageNet encoder); {cfg.model!r} trains from scratch.")
+    if cfg.init_from is not None and not cfg.resume:   # (a resumed run has its weights already)
+        if cfg.pretrained: raise ConfigError("init_from sets every weight of the model: drop pretrained.")
+        if not Path(cfg.init_from).is_file():
+            raise ConfigError(f"init_from={str(cfg.init_from)!r}: no checkpoint file there (a run's best.pt or last.pt).")
     if not isinstance(cfg.model_kwargs, dict) or "pretrained" in cfg.model_kwargs:
         raise ConfigError("model_kwargs must be a dict of model arguments (set `pretrained` with its own option).")
     feats = cfg.model_kwargs.get("features")

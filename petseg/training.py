@@ -31,7 +31,7 @@ from .config import *   # TrainConfig, check_config, the presets: `from petseg.t
 # %% auto #0
 __all__ = ['SeededItems', 'EpochSampler', 'folder_split', 'make_datasets', 'make_optimizer', 'make_scheduler', 'History',
            'FirstBatches', 'data_summary', 'make_loaders', 'stop_workers', 'training_callbacks', 'train',
-           'build_learner', 'find_lr']
+           'build_learner', 'init_checkpoint', 'find_lr']
 
 # %% ../nbs/03d_training.ipynb #89e631ff
 class SeededItems(ImageMaskPairs):
@@ -171,7 +171,7 @@ class _Normalize:
     def __call__(self, images: torch.Tensor, masks: torch.Tensor): return normalize(images.float().div_(255), self.mean, self.std), masks.float()
 
 def _normalisation(cfg: TrainConfig, ckpt: dict | None) -> tuple[tuple, tuple]:
-    "(mean, std): the checkpoint's when resuming, the training set's for normalization='dataset', else ImageNet's."
+    "(mean, std): the checkpoint's when resuming (or starting from its weights), the training set's for normalization='dataset', else ImageNet's."
     if ckpt is not None: return tuple(ckpt["mean"]), tuple(ckpt["std"])
     if cfg.normalization != "dataset": return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
     return compute_mean_std(make_datasets(cfg)[0])
@@ -230,7 +230,8 @@ def build_learner(cfg: TrainConfig, ctx: DistContext | None = None, run_dir: Pat
     device = ctx.device = ctx.device if ctx.enabled else get_device(cfg.device)
     on_device = (device.type == "cuda") if cfg.device_augment == "auto" else cfg.device_augment in (True, "on")
     seed_everything(cfg.seed)
-    mean, std = _normalisation(cfg, ckpt)
+    init = init_checkpoint(cfg) if cfg.init_from and ckpt is None else None   # weights to start from
+    mean, std = _normalisation(cfg, ckpt or init)
     if not ctx.is_main: ctx.barrier()               # rank 0 builds any cache first; the others then read it
     train_dl, valid_dl, sampler, data = make_loaders(cfg, ctx, mean, std, device, on_device)
     if ctx.is_main: ctx.barrier()
@@ -239,6 +240,7 @@ def build_learner(cfg: TrainConfig, ctx: DistContext | None = None, run_dir: Pat
     try: model = build_model(cfg.model, **kwargs)
     except (TypeError, ValueError) as e: raise ConfigError(f"model_kwargs={cfg.model_kwargs} do not fit model {cfg.model!r}: {e}") from e
     if ckpt is not None: load_model_state(model, ckpt["model_state"], str(cfg.resume))
+    if init is not None: load_model_state(model, init["model_state"], str(cfg.init_from))
     if cfg.sync_bn and ctx.enabled and device.type == "cuda": model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     opt = make_optimizer(model.parameters(), cfg)
@@ -273,6 +275,15 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, ctx: DistContext, run_dir: Path, e
         say(f"paused after epoch {learn.epoch} (stop_after_epoch); resume with "
             f"petseg train --resume {run_dir / 'last.pt'}")
     return History(learn.recorder.history, run_dir, swa, learn.stop_reason)
+
+def init_checkpoint(cfg: TrainConfig) -> dict:
+    "The checkpoint `cfg.init_from`, loaded; `ConfigError` if it holds another model than `cfg.model` and `cfg.model_kwargs`."
+    init = load_checkpoint(cfg.init_from)
+    theirs = (init["model_name"], dict(init.get("model_kwargs") or {}))
+    if theirs != (cfg.model, dict(cfg.model_kwargs)):
+        raise ConfigError(f"init_from={str(cfg.init_from)!r} holds model {theirs[0]!r} with model_kwargs {theirs[1]}, not "
+                          f"{cfg.model!r} with {dict(cfg.model_kwargs)}: set the same model and model_kwargs as that run.")
+    return init
 
 # %% ../nbs/03d_training.ipynb #f02abf6f
 def find_lr(config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> LRFindResult:
