@@ -45,9 +45,11 @@ EXPERIMENTS = {
                "b8-noaug": dict(OLD_RECIPE, batch_size=8, epochs=11, augment=False),
                # bf16 steps with channels_last take 0.54x the CPU of fp32 ones at 128 px: 20 epochs for about 12's CPU
                "noaug-bf16": dict(NEW_RECIPE, amp="bf16", channels_last=True, epochs=20),
+               "noaug-bf16-e26": dict(NEW_RECIPE, amp="bf16", channels_last=True, epochs=26),   # the rest of the budget
                "noaug-lr3e-3": dict(NEW_RECIPE, lr=3e-3),
                # progressive resizing: 16 epochs at 64 px (a quarter of the CPU per epoch), then 7 at 128 from their weights
-               "prog-64-128": dict(NEW_RECIPE, epochs=7, first=dict(image_size=64, epochs=16))},
+               "prog-64-128": dict(NEW_RECIPE, epochs=7, first=dict(image_size=64, epochs=16)),
+               "prog-bf16": dict(NEW_RECIPE, amp="bf16", channels_last=True, epochs=14, first=dict(image_size=64, epochs=24))},
 }
 EXPERIMENTS["recipe"].update({f"smp-{k}": dict(v, model="smp_unet_resnet34") for k, v in EXPERIMENTS["recipe"].items()})
 # Variants whose settings equal the 64-px baseline (lr 1e-3, batch 16, 4 epochs): they borrow its rows, never re-run
@@ -124,10 +126,10 @@ class BatchStatistics(nn.Module):
 def register_smp() -> None:
     "Make 'smp_unet_resnet34' (smp's Unet, random weights) a model name petseg trains and loads, in this process."
     import segmentation_models_pytorch as smp
-    import petseg.checkpoint, petseg.models, petseg.training
+    import petseg.checkpoint, petseg.config, petseg.models
     name = "smp_unet_resnet34"
     petseg.models._MODELS[name] = lambda **kw: smp.Unet("resnet34", encoder_weights=None, in_channels=3, classes=1)
-    for module in (petseg.models, petseg.checkpoint, petseg.training):
+    for module in (petseg.models, petseg.checkpoint, petseg.config):   # every module that checks model names
         if name not in module.MODEL_NAMES: module.MODEL_NAMES = (*module.MODEL_NAMES, name)
 
 # %% ../nbs/04a_experiments.ipynb #04aa51f2

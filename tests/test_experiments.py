@@ -20,6 +20,12 @@ def test_smoke_row_appends_to_the_csv(tmp_path):
     assert float(rows[1]["loop_rss_growth_mb"]) >= 0 and rows[1]["epochs"] == "4 steps"
 
 
+def test_smp_progressive_bf16_row_at_smoke_size(tmp_path):
+    "smp's Unet as a petseg model name, a first run whose weights the row starts from (init_from), bf16 channels_last."
+    row = main(["recipe:smp-prog-bf16", "--smoke", "--csv", str(tmp_path / "r.csv")])
+    assert row["model"] == "smp_unet_resnet34" and row["epochs"] == "1 at 32 px + 1" and 0 <= row["test_dice"] <= 1
+
+
 def test_the_script_lists_every_row():
     listed = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "--list"], capture_output=True,
                             text=True, check=True, cwd=ROOT).stdout.split()
