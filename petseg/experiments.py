@@ -17,14 +17,16 @@ import petseg
 from .palette import LINE_COLORS
 
 # %% auto #0
-__all__ = ['RESULTS_CSV', 'OLD_RECIPE', 'NEW_RECIPE', 'EXPERIMENTS', 'BASELINE', 'SAME_AS_BASELINE', 'NUMBERS', 'COLUMNS',
-           'load_results', 'variant_rows', 'plot_experiment', 'summary', 'BatchStatistics', 'register_smp',
-           'peak_rss_mb', 'rss_mb', 'memory_row', 'run_row', 'main']
+__all__ = ['RESULTS_CSV', 'OLD_RECIPE', 'NOAUG_RECIPE', 'BF16', 'CHOSEN_RECIPE', 'EXPERIMENTS', 'BASELINE', 'SAME_AS_BASELINE',
+           'NUMBERS', 'COLUMNS', 'load_results', 'variant_rows', 'plot_experiment', 'summary', 'BatchStatistics',
+           'register_smp', 'peak_rss_mb', 'rss_mb', 'memory_row', 'run_row', 'main']
 
 # %% ../nbs/04a_experiments.ipynb #aed78a2c
 RESULTS_CSV = Path(petseg.__file__).resolve().parent / "experiments.csv"   # shipped with petseg (Colab finds it too)
 OLD_RECIPE = dict(image_size=128, epochs=12, batch_size=16, lr=1e-3)   # the README's sample command before issue 23
-NEW_RECIPE = dict(OLD_RECIPE, augment=False)   # the best valid Dice of the 128-px candidates ("noaug")
+NOAUG_RECIPE = dict(OLD_RECIPE, augment=False)   # the old recipe without augmentation ("noaug")
+BF16 = dict(amp="bf16", channels_last=True)      # a step takes 0.54x the CPU of an fp32 one at 128 px (AVX-512 BF16)
+CHOSEN_RECIPE = "prog-bf16"   # the 128-px candidate with the best valid Dice (seed 0)
 
 # experiment -> variant -> changes to the base config (keys of TrainConfig, plus 'norm', 'lr_find', 'swa_bn_update',
 # 'keep_loss', and 'first': the changes of a run whose best weights the row's run starts from, `init_from`); the
@@ -41,15 +43,14 @@ EXPERIMENTS = {
     "memory": {"item": dict(keep_loss=False), "keep-loss": dict(keep_loss=True)},
     # 128-px recipes at about the CPU time of OLD_RECIPE; "smp-" rows train smp's Unet("resnet34", encoder_weights=None)
     "recipe": {"old": dict(OLD_RECIPE), "b8-lr2e-3": dict(OLD_RECIPE, batch_size=8, lr=2e-3, epochs=11),
-               "b4-lr1e-3": dict(OLD_RECIPE, batch_size=4, lr=1e-3, epochs=9), "noaug": dict(NEW_RECIPE),
+               "b4-lr1e-3": dict(OLD_RECIPE, batch_size=4, lr=1e-3, epochs=9), "noaug": dict(NOAUG_RECIPE),
                "b8-noaug": dict(OLD_RECIPE, batch_size=8, epochs=11, augment=False),
-               # bf16 steps with channels_last take 0.54x the CPU of fp32 ones at 128 px: 20 epochs for about 12's CPU
-               "noaug-bf16": dict(NEW_RECIPE, amp="bf16", channels_last=True, epochs=20),
-               "noaug-bf16-e26": dict(NEW_RECIPE, amp="bf16", channels_last=True, epochs=26),   # the rest of the budget
-               "noaug-lr3e-3": dict(NEW_RECIPE, lr=3e-3),
-               # progressive resizing: 16 epochs at 64 px (a quarter of the CPU per epoch), then 7 at 128 from their weights
-               "prog-64-128": dict(NEW_RECIPE, epochs=7, first=dict(image_size=64, epochs=16)),
-               "prog-bf16": dict(NEW_RECIPE, amp="bf16", channels_last=True, epochs=14, first=dict(image_size=64, epochs=24))},
+               "noaug-lr3e-3": dict(NOAUG_RECIPE, lr=3e-3),
+               "noaug-bf16": dict(NOAUG_RECIPE, **BF16, epochs=20),       # about the CPU of 12 fp32 epochs
+               "noaug-bf16-e26": dict(NOAUG_RECIPE, **BF16, epochs=26),   # the rest of the budget too
+               # progressive resizing: most epochs at 64 px (a quarter of the CPU per epoch), then 128 px from their weights
+               "prog-64-128": dict(NOAUG_RECIPE, epochs=7, first=dict(image_size=64, epochs=16)),
+               "prog-bf16": dict(NOAUG_RECIPE, **BF16, epochs=14, first=dict(image_size=64, epochs=24))},
 }
 EXPERIMENTS["recipe"].update({f"smp-{k}": dict(v, model="smp_unet_resnet34") for k, v in EXPERIMENTS["recipe"].items()})
 # Variants whose settings equal the 64-px baseline (lr 1e-3, batch 16, 4 epochs): they borrow its rows, never re-run
