@@ -5,7 +5,7 @@
 # %% ../nbs/04a_experiments.ipynb #b001b015
 from __future__ import annotations
 
-import argparse, csv, json, os, resource, shlex, statistics, sys, tempfile, time
+import argparse, csv, json, os, resource, shlex, shutil, statistics, sys, tempfile, time
 from dataclasses import replace
 from pathlib import Path
 
@@ -170,8 +170,8 @@ def memory_row(cfg, keep_loss: bool, steps: int) -> dict:
                 epochs=f"{steps} steps")
 
 # %% ../nbs/04a_experiments.ipynb #ec945550
-def run_row(args) -> dict:
-    "Train the row `args.row` ('experiment:variant'), pick its best epoch on valid, test it once; the row's fields."
+def run_row(args, tmp: Path) -> dict:
+    "Train the row `args.row` ('experiment:variant') in `tmp`, pick its best epoch on valid, test it once; its fields."
     import petseg.callbacks
     from petseg.data import course_data, make_synthetic_pets
     from petseg.evaluate import evaluate
@@ -179,7 +179,6 @@ def run_row(args) -> dict:
     experiment, variant = args.row.split(":", 1)
     change = dict(EXPERIMENTS[experiment][variant])
     if args.smoke: change = {k: v for k, v in change.items() if k not in ("image_size", "epochs")}   # seconds
-    tmp = Path(tempfile.mkdtemp(prefix="petseg-exp-"))
     data_root = (make_synthetic_pets(tmp / "pets", n_trainval=20, n_test=8, size=64, seed=0) if args.smoke
                  else Path(args.data_root) if args.data_root else course_data())
     cfg = TrainConfig(data_root=str(data_root), model=args.model, image_size=args.size, epochs=args.epochs,
@@ -252,7 +251,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.finder_steps, args.memory_steps = 8, 4
         if args.csv == RESULTS_CSV: args.csv = Path(tempfile.gettempdir()) / "petseg-exp-smoke.csv"
     load, t0, cpu0 = os.getloadavg()[0], time.time(), time.process_time()
-    row = run_row(args)
+    tmp = Path(tempfile.mkdtemp(prefix="petseg-exp-"))   # the row's runs and checkpoints (up to 1 GB): deleted after it
+    try: row = run_row(args, tmp)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
     row.update(cpu_s=round(time.process_time() - cpu0, 1), wall_s=round(time.time() - t0, 1),
                load_avg=f"{load:.1f}-{os.getloadavg()[0]:.1f}", device=args.device, when=time.strftime("%Y-%m-%d %H:%M"),
                data="synthetic (smoke)" if args.smoke else str(args.data_root or "course_data()"),

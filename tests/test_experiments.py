@@ -1,7 +1,7 @@
 """The experiments' runner (petseg.experiments, wrapped by experiments/run.py) at its smoke size, and the shipped CSV."""
 from __future__ import annotations
 
-import csv, subprocess, sys
+import csv, subprocess, sys, tempfile
 from pathlib import Path
 
 from petseg.experiments import EXPERIMENTS, RESULTS_CSV, load_results, main, variant_rows
@@ -20,10 +20,12 @@ def test_smoke_row_appends_to_the_csv(tmp_path):
     assert float(rows[1]["loop_rss_growth_mb"]) >= 0 and rows[1]["epochs"] == "4 steps"
 
 
-def test_smp_progressive_bf16_row_at_smoke_size(tmp_path):
+def test_smp_progressive_bf16_row_at_smoke_size(tmp_path, monkeypatch):
     "smp's Unet as a petseg model name, a first run whose weights the row starts from (init_from), bf16 channels_last."
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the row's own folder goes here
     row = main(["recipe:smp-prog-bf16", "--smoke", "--csv", str(tmp_path / "r.csv")])
     assert row["model"] == "smp_unet_resnet34" and row["epochs"] == "1 at 32 px + 1" and 0 <= row["test_dice"] <= 1
+    assert [p.name for p in tmp_path.glob("petseg-exp-*")] == ["petseg-exp-cache"]   # its checkpoints are deleted
 
 
 def test_the_script_lists_every_row():
