@@ -5,7 +5,7 @@
 # %% ../nbs/03c_distributed.ipynb #217457a0
 from __future__ import annotations
 
-import os
+import gc, os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -52,7 +52,9 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled: dist.barrier()
     def close(self) -> None:
-        if self.owns_group and dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+        if self.owns_group and dist.is_available() and dist.is_initialized():
+            gc.collect()   # free the run's DDP wrapper (it holds the group) now, not while the interpreter shuts down
+            dist.destroy_process_group()
         self.owns_group = False
 
 # %% ../nbs/03c_distributed.ipynb #c7b1e1c7
